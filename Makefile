@@ -1,0 +1,41 @@
+# traitflow — `make demo` on a fresh machine sets up and runs the toy demo; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: setup demo test bench ui toy lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	touch $@
+
+demo: setup
+	$(VENV)/bin/traitflow validate
+	$(VENV)/bin/traitflow run demo
+	$(VENV)/bin/traitflow report demo
+	@echo "Open the UI with: make ui   (then http://127.0.0.1:3000)"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m bench
+
+ui: setup
+	$(VENV)/bin/dagster dev -m definitions -h 127.0.0.1 -p 3000
+
+toy: setup
+	$(PY) -m traitflow.toy data
+	$(PY) -m traitflow.toy train
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf experiments .dagster_home bench/out

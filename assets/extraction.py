@@ -1,0 +1,53 @@
+"""Extraction assets per experiment: responses → activations → vectors → extraction_eval (trait × variant)."""
+
+import dagster as dg
+
+from assets.common import GPU_POOL, SINGLE_RUN, for_each_partition, stage_context
+from assets.partitions import trait_variant
+from resources import ArtifactStoreResource, ModelResource
+from traitflow import pipeline
+from traitflow.specs.loader import Experiment, Project
+
+
+def build_extraction_assets(project: Project, exp: Experiment, trait_source: dg.AssetsDefinition) -> list[dg.AssetsDefinition]:
+    partitions = trait_variant(exp, [exp.extraction_variant])
+    prefix = [exp.name]
+    # Code versions hash the spec sections each asset depends on; trait files are versioned per
+    # partition by the `trait_datasets` source asset, so editing one trait marks only its partitions stale.
+    common = dict(key_prefix=prefix, group_name=exp.name, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    to_trait = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="trait")
+
+    @dg.asset(
+        name="responses", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
+        deps=[dg.AssetDep(trait_source, partition_mapping=to_trait)],
+        code_version=exp.section_hash("extraction"),
+        description="Greedy replies to each trait's positive and negative scenarios, with the exact token ids.",
+    )
+    def responses(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, pipeline.run_responses, stage_context(context, project, exp, model, storage))
+
+    @dg.asset(
+        name="activations", **common, pool=GPU_POOL, kinds={"pytorch", "safetensors"}, deps=[responses],
+        code_version=exp.section_hash("extraction"),
+        description="Activations pooled over each position window, all layers, one batched forward pass.",
+    )
+    def activations(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, pipeline.run_activations, stage_context(context, project, exp, model, storage))
+
+    @dg.asset(
+        name="vectors", **common, kinds={"pytorch", "safetensors"}, deps=[activations],
+        code_version=exp.section_hash("extraction"),
+        description="Unit trait vectors per position × component × method × layer.",
+    )
+    def vectors(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, pipeline.run_vectors, stage_context(context, project, exp, model, storage))
+
+    @dg.asset(
+        name="extraction_eval", **common, kinds={"json"}, deps=[activations, vectors],
+        code_version=exp.section_hash("extraction"),
+        description="Held-out accuracy, AUROC, Cohen's d and polarity per method × layer; the best vector.",
+    )
+    def extraction_eval(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, pipeline.run_extraction_eval, stage_context(context, project, exp, model, storage))
+
+    return [responses, activations, vectors, extraction_eval]

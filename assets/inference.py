@@ -1,0 +1,42 @@
+"""Inference assets per experiment: inference_responses → projections (prompt_set × variant)."""
+
+import dagster as dg
+
+from assets.common import GPU_POOL, SINGLE_RUN, for_each_partition, stage_context
+from assets.partitions import prompt_set_variant
+from resources import ArtifactStoreResource, ModelResource
+from traitflow import pipeline
+from traitflow.specs.loader import Experiment, Project
+
+
+def build_inference_assets(
+    project: Project, exp: Experiment, prompt_source: dg.AssetsDefinition, extraction_eval: dg.AssetsDefinition,
+    vectors: dg.AssetsDefinition,
+) -> list[dg.AssetsDefinition]:
+    partitions = prompt_set_variant(exp)
+    if partitions is None:
+        return []
+    common = dict(key_prefix=[exp.name], group_name=exp.name, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    to_set = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="prompt_set")
+
+    @dg.asset(
+        name="inference_responses", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
+        deps=[dg.AssetDep(prompt_source, partition_mapping=to_set)],
+        code_version=exp.section_hash("inference"),
+        description="Each variant's replies to the prompt set, with exact token ids.",
+    )
+    def inference_responses(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, pipeline.run_inference_responses, stage_context(context, project, exp, model, storage))
+
+    every = dg.AllPartitionMapping()
+
+    @dg.asset(
+        name="projections", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
+        deps=[inference_responses, dg.AssetDep(vectors, partition_mapping=every), dg.AssetDep(extraction_eval, partition_mapping=every)],
+        code_version=exp.section_hash("inference", "extraction"),
+        description="Per-token projections (h·v̂ and ‖h‖) of every response onto every trait's vector.",
+    )
+    def projections(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, pipeline.run_projections, stage_context(context, project, exp, model, storage))
+
+    return [inference_responses, projections]

@@ -1,0 +1,95 @@
+"""`traitflow run`: materialize an experiment through Dagster, in this process.
+
+Runs go to the instance of DAGSTER_HOME when set (so they show in `dagster dev`), else to a
+temporary instance. Each stage's partitions go in as few runs as possible (a partition range per
+run), and every run shares this process's model cache, so each model loads once.
+"""
+
+import fnmatch
+import os
+import time
+
+import dagster as dg
+
+from assets import build_defs
+from traitflow.errors import TraitflowError
+from traitflow.specs.loader import Project
+
+STAGES = {
+    "extraction": ["responses", "activations", "vectors", "extraction_eval"],
+    "inference": ["inference_responses", "projections"],
+}
+
+
+def _asset_names(stages: list[str]) -> list[str]:
+    names: list[str] = []
+    for stage in stages:
+        if stage == "all":
+            names += [a for group in STAGES.values() for a in group]
+        elif stage in STAGES:
+            names += STAGES[stage]
+        elif any(stage in group for group in STAGES.values()):
+            names.append(stage)
+        else:
+            known = sorted(set(STAGES) | {a for g in STAGES.values() for a in g})
+            raise TraitflowError(f"--stages: unknown stage {stage!r}; expected all or one of {known}")
+    return list(dict.fromkeys(names))
+
+
+def _contiguous_ranges(all_keys: list[str], wanted: set[str]) -> list[tuple[str, str]]:
+    ranges, start, prev = [], None, None
+    for key in all_keys:
+        if key in wanted:
+            start = start or key
+            prev = key
+        elif start is not None:
+            ranges.append((start, prev))
+            start = None
+    if start is not None:
+        ranges.append((start, prev))
+    return ranges
+
+
+def run_experiment(project: Project, experiment: str, stages: list[str], trait_glob: str = "*",
+                   instance: dg.DagsterInstance | None = None) -> str:
+    exp = project.experiments[experiment]
+    names = _asset_names(stages)
+    defs = build_defs(project)
+    all_assets = list(defs.assets or [])
+    by_name = {a.key.path[-1]: a for a in all_assets if a.key.path[0] == experiment and isinstance(a, dg.AssetsDefinition)}
+    traits = [t for t in exp.traits if fnmatch.fnmatchcase(t, trait_glob)]
+    if not traits:
+        raise TraitflowError(f"--traits {trait_glob!r} matches none of {exp.traits}")
+    if instance is None:
+        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    resources = defs.resources or {}
+    done: list[str] = []
+    started = time.monotonic()
+    for stage, members in STAGES.items():
+        selected = [n for n in members if n in names and n in by_name]
+        if not selected:
+            continue
+        partitions_def = by_name[selected[0]].partitions_def
+        keys = partitions_def.get_partition_keys()
+        if stage == "extraction":
+            wanted = {k for k in keys if partitions_def.get_partition_key_from_str(k).keys_by_dimension["trait"] in traits}
+        else:
+            wanted = set(keys)
+        for start, end in _contiguous_ranges(keys, wanted):
+            label = start if start == end else f"{start} … {end}"
+            print(f"[{time.monotonic() - started:6.1f}s] {experiment}: {', '.join(selected)} for {label}", flush=True)
+            tags = ({"dagster/partition": start} if start == end else
+                    {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})
+            result = dg.materialize(
+                all_assets,
+                selection=[dg.AssetKey([experiment, n]) for n in selected],
+                resources=resources,
+                instance=instance,
+                tags=tags,
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
+            if not result.success:
+                raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}); see the run's logs in Dagster")
+            done.append(f"{stage}: {label}")
+    return f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s: " + "; ".join(done)

@@ -1,0 +1,33 @@
+"""`make bench`: run every benchmark, print a table, write bench/out/results.json.
+
+Each benchmark module has `run() -> list[dict]` returning entries with `name`, `value`, `unit`,
+`target` (and optional `detail`); ratios are measured side by side in one run.
+"""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+MODULES = ["bench.bench_defs", "bench.bench_capture"]
+OUT = Path(__file__).resolve().parent / "out" / "results.json"
+
+
+def main() -> int:
+    entries = []
+    for name in MODULES:
+        module = importlib.import_module(name)
+        print(f"running {name} ...", flush=True)
+        entries += module.run()
+    print()
+    print(f"{'benchmark':58} {'value':>10}  {'unit':6} target")
+    for e in entries:
+        print(f"{e['name']:58} {e['value']:>10.3f}  {e['unit']:6} {e['target']}")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(entries, indent=2) + "\n")
+    print(f"\nwrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

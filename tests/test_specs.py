@@ -1,0 +1,185 @@
+"""Spec loading: the YAML contract, one-line errors naming file/line/field, trait-interp data unchanged."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from traitflow.cli import main
+from traitflow.data.traits import load_trait
+from traitflow.errors import SpecError, SpecErrors
+from traitflow.specs.loader import load_project
+
+COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "trait-interp"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_project(tmp_path: Path, experiment: str, models: dict[str, str] | None = None) -> Path:
+    """A project root with the trait-interp starter traits and prompt set, plus the given specs."""
+    root = tmp_path / "proj"
+    (root / "datasets" / "inference" / "starter").mkdir(parents=True)
+    shutil.copytree(COMPAT / "traits" / "starter_traits", root / "datasets" / "traits" / "starter")
+    shutil.copy(COMPAT / "inference" / "starter_prompts" / "general.json", root / "datasets" / "inference" / "starter")
+    (root / "specs" / "experiments").mkdir(parents=True)
+    (root / "specs" / "models").mkdir(parents=True)
+    (root / "specs" / "experiments" / "exp.yaml").write_text(experiment)
+    for name, text in (models or {}).items():
+        (root / "specs" / "models" / f"{name}.yaml").write_text(text)
+    return root
+
+
+GOOD = """\
+name: exp
+variants:
+  chat: small
+  inline: {model: some-org/some-model, dtype: bfloat16}
+traits: [starter/*]
+extraction: {position: ["prompt[-1]", "response[:5]"], layers: "30%-60%"}
+inference: {prompt_sets: [starter/general], layers: "best,best+2"}
+comparisons: [{a: chat, b: inline, prompt_set: starter/general}]
+"""
+
+
+def errors_of(root: Path) -> list[SpecError]:
+    with pytest.raises(SpecErrors) as info:
+        load_project(root)
+    return info.value.errors
+
+
+@pytest.mark.parametrize("trait", sorted(p.name for p in (COMPAT / "traits" / "starter_traits").iterdir()))
+def test_trait_interp_traits_load_unchanged(trait):
+    folder = COMPAT / "traits" / "starter_traits" / trait
+    data = load_trait(folder, f"starter/{trait}")
+    pos_file = folder / ("positive.jsonl" if (folder / "positive.jsonl").exists() else "positive.txt")
+    expected = [line for line in pos_file.read_text().splitlines() if line.strip()]
+    assert len(data.positive) == len(expected)
+    steering = json.loads((folder / "steering.json").read_text())
+    assert data.steering.questions == steering["questions"]
+    assert data.steering.eval_prompt == steering.get("eval_prompt")
+    assert data.direction == steering.get("direction", "positive")
+    if pos_file.suffix == ".jsonl":
+        first = json.loads(expected[0])
+        assert data.positive[0].prompt == first["prompt"]
+        assert data.positive[0].system_prompt == first.get("system_prompt")
+        assert data.paired
+
+
+def test_unpaired_txt_trait_is_not_paired():
+    data = load_trait(COMPAT / "traits" / "starter_traits" / "assistant", "starter/assistant")
+    assert (len(data.positive), len(data.negative)) == (70, 71)
+    assert not data.paired
+
+
+def test_good_project_resolves(tmp_path):
+    root = make_project(tmp_path, GOOD, {"small": "model: other-org/small\nchat_template: false\n"})
+    project = load_project(root)
+    exp = project.experiments["exp"]
+    assert exp.traits == sorted(f"starter/{p.name}" for p in (COMPAT / "traits" / "starter_traits").iterdir())
+    assert exp.variants["chat"].model == "other-org/small" and exp.variants["chat"].name == "chat"
+    assert exp.variants["inline"].dtype == "bfloat16"
+    assert exp.extraction_variant == "chat"
+    assert exp.prompt_sets == ["starter/general"]
+    assert len(project.prompt_sets["starter/general"].prompts) == 10
+    # Defaults fill every key that was not given.
+    assert exp.spec.extraction.methods == ["probe", "mean_diff"]
+    assert exp.spec.storage.uri == "./experiments"
+
+
+@pytest.mark.parametrize(
+    "text, line, field, needle",
+    [
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\nbogus: 1\n", 4, "bogus", "unknown key"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\nextraction:\n  layers: [1]\n", 5, "extraction.layers", "expected"),
+        ("name: exp\nvariants:\n  a: {model: x/y, dtype: float64}\ntraits: [starter/*]\n", 3, "variants.a.dtype", "float64"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\nextraction: {methods: [magic]}\n", 4, "extraction.methods[0]", "magic"),
+        ("name: exp\nvariants: {a: {model: x/y}}\n", 1, "traits", "required"),
+        ("name: exp\nvariants: {a: missing-spec}\ntraits: [starter/*]\n", 2, "variants.a", "no model spec named 'missing-spec'"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits:\n  - nothing/*\n", 4, "traits[0]", "matches no folder"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [../etc/*]\n", 3, "traits[0]", "inside datasets/traits"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\ninference: {prompt_sets: [nope]}\n", 4, "inference.prompt_sets[0]", "no prompt set"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\nextraction:\n  variant: b\n", 5, "extraction.variant", "unknown variant"),
+        ("name: exp\nvariants: {a: {model: ../outside}}\ntraits: [starter/*]\n", 2, "variants.a.model", "without '..'"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\nextraction: {position: 'middle[:3]'}\n", 4, "extraction.position", "middle"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\nextraction: {layers: '5-x'}\n", 4, "extraction.layers", "5-x"),
+        ("name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\nextraction: {val_split: 2}\n", 4, "extraction.val_split", "less than 1"),
+        ("name: exp\nvariants: {a: {model: x/y}\ntraits: [starter/*]\n", 3, None, "YAML syntax error"),
+        ("", 1, None, "file is empty"),
+        ("name: exp\nname: again\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\n", 2, "name", "duplicate key"),
+    ],
+)
+def test_user_mistakes_name_file_line_and_field(tmp_path, text, line, field, needle):
+    root = make_project(tmp_path, text)
+    errors = errors_of(root)
+    assert any(e.line == line and e.field == field and needle in e.message for e in errors), [e.format() for e in errors]
+    assert all(e.file.endswith("exp.yaml") for e in errors)
+
+
+def test_every_error_is_reported_not_only_the_first(tmp_path):
+    text = "name: exp\nvariants: {a: nope}\ntraits: [nothing/*]\ninference: {prompt_sets: [missing]}\n"
+    errors = errors_of(make_project(tmp_path, text))
+    assert {e.field for e in errors} >= {"variants.a", "traits[0]", "inference.prompt_sets[0]"}
+
+
+def test_symlink_out_of_root_is_refused(tmp_path):
+    root = make_project(tmp_path, "name: exp\nvariants: {a: {model: models/evil}}\ntraits: [starter/*]\n")
+    (tmp_path / "elsewhere").mkdir()
+    (root / "models").mkdir()
+    (root / "models" / "evil").symlink_to(tmp_path / "elsewhere")
+    errors = errors_of(root)
+    assert any("outside the project root" in e.message and e.line == 2 for e in errors)
+
+
+@pytest.mark.parametrize(
+    "filename, content, needle",
+    [
+        ("positive.jsonl", '{"prompt": "a"}\nnot json\n', "positive.jsonl:2: invalid JSON"),
+        ("positive.jsonl", '{"prompt": ""}\n', "positive.jsonl:1: prompt: expected a non-empty string"),
+        ("negative.jsonl", '{"prompt": "a"}\n', "positive has 20 scenarios but negative has 1"),
+        ("steering.json", '{"questions": []}', "steering.json:1: questions: expected a non-empty list"),
+        ("steering.json", '{\n "questions": ["q"],\n "direction": "up"\n}', "steering.json:3: direction: expected positive or negative"),
+        ("steering.json", '{"questions": ["q"], "eval_prompt": "no placeholders"}', "must contain {question}"),
+        ("trait.yaml", "paired: maybe\n", "trait.yaml:1: paired"),
+    ],
+)
+def test_bad_trait_files(tmp_path, filename, content, needle):
+    root = make_project(tmp_path, GOOD.replace("starter/*", "starter/optimism"), {"small": "model: o/s\n"})
+    (root / "datasets" / "traits" / "starter" / "optimism" / filename).write_text(content)
+    messages = [e.format() for e in errors_of(root)]
+    assert any(needle in m for m in messages), messages
+
+
+def test_bad_prompt_set(tmp_path):
+    root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
+    (root / "datasets" / "inference" / "starter" / "general.json").write_text('{"prompts": [{"id": 1}]}')
+    messages = [e.format() for e in errors_of(root)]
+    assert any("general.json" in m and "prompts.0.text" in m for m in messages), messages
+
+
+def test_cli_validate_ok_and_errors(tmp_path, capsys):
+    root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
+    assert main(["validate", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "trait starter/optimism: 20 positive / 20 negative scenarios (paired), 10 steering questions" in out
+    assert "prompt set starter/general: 10 prompts" in out
+    (root / "specs" / "experiments" / "exp.yaml").write_text("name: exp\nvariants: {a: nope}\ntraits: [zzz]\n")
+    assert main(["validate", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "exp.yaml:2: variants.a" in err and "exp.yaml:3: traits[0]" in err and "Traceback" not in err
+
+
+def test_repo_specs_validate(capsys):
+    """The shipped specs (toy demo and the real-model examples) validate without downloading."""
+    assert main(["validate", "--root", str(REPO)]) == 0
+    out = capsys.readouterr().out
+    for name in ("demo", "qwen-starter", "llama-organism"):
+        assert f"experiment {name}" in out
+
+
+def test_schema_written_and_matches_models(tmp_path):
+    assert main(["schema", "--out", str(tmp_path)]) == 0
+    schema = json.loads((tmp_path / "experiment.schema.json").read_text())
+    assert set(schema["required"]) == {"name", "variants", "traits"}
+    assert "extraction" in schema["properties"]
+    model = json.loads((tmp_path / "model.schema.json").read_text())
+    assert model["properties"]["quantization"]["enum"] == ["none", "8bit", "4bit"]

@@ -1,0 +1,133 @@
+"""`traitflow` command: validate, schema, run, report.
+
+User mistakes print one line each (no traceback) and exit 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from traitflow.errors import SpecErrors, TraitflowError
+
+EXIT_USER_ERROR = 2
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for traitflow's own progress: no beta warnings or download bars."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", message=r".*(beta|preview)", category=Warning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SpecErrors as many:
+        for error in many.errors:
+            print(f"error: {error.format()}", file=sys.stderr)
+        print(f"{len(many.errors)} error(s)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TraitflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="traitflow", description="Trait vectors from YAML specs, through Dagster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_root(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--root", type=Path, default=Path(os.environ.get("TRAITFLOW_ROOT", ".")),
+                       help="folder holding specs/ and datasets/ (default: TRAITFLOW_ROOT or .)")
+        return p
+
+    p = with_root(sub.add_parser("validate", help="check every spec and dataset; print a summary"))
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("schema", help="write JSON Schemas of the spec kinds (for editor completion)")
+    p.add_argument("--out", type=Path, default=Path("specs/schemas"))
+    p.set_defaults(handler=cmd_schema)
+
+    p = with_root(sub.add_parser("run", help="materialize an experiment's assets for all their partitions"))
+    p.add_argument("experiment")
+    p.add_argument("--stages", default="all",
+                   help="comma list of stages (extraction, inference) or asset names (responses, vectors, …); default all")
+    p.add_argument("--traits", default="*", help="glob over the experiment's traits (default: all)")
+    p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
+    p.set_defaults(handler=cmd_run)
+
+    p = with_root(sub.add_parser("report", help="best vectors and what is materialized"))
+    p.add_argument("experiment")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
+    p.set_defaults(handler=cmd_report)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_validate(args: argparse.Namespace) -> int:
+    from traitflow.specs.loader import load_project
+
+    project = load_project(args.root)
+    print(f"project {args.root.resolve()}")
+    print(f"  model specs: {', '.join(sorted(project.models)) or 'none'}")
+    for exp in project.experiments.values():
+        print(f"experiment {exp.name} ({exp.path.relative_to(args.root)})")
+        for name, spec in exp.variants.items():
+            extra = f" + lora {spec.lora}" if spec.lora else ""
+            print(f"  variant {name}: {spec.model}{extra}")
+        for trait in exp.traits:
+            data = project.traits[trait]
+            questions = len(data.steering.questions) if data.steering else 0
+            print(f"  trait {trait}: {len(data.positive)} positive / {len(data.negative)} negative scenarios"
+                  f"{' (paired)' if data.paired else ''}, {questions} steering questions")
+        for name in exp.prompt_sets:
+            print(f"  prompt set {name}: {len(project.prompt_sets[name].prompts)} prompts")
+    print(f"ok: {len(project.experiments)} experiment(s), {len(project.traits)} trait(s), "
+          f"{len(project.prompt_sets)} prompt set(s)")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from traitflow.specs.schema import write_schemas
+
+    for path in write_schemas(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from assets.runner import run_experiment
+    from traitflow.specs.loader import load_project
+
+    project = load_project(args.root, experiments=[args.experiment])
+    if args.storage:
+        os.environ["TRAITFLOW_STORAGE"] = args.storage
+    summary = run_experiment(project, args.experiment, stages=args.stages.split(","), trait_glob=args.traits)
+    print(summary)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from traitflow.report import build_report, format_report
+    from traitflow.specs.loader import load_project
+
+    project = load_project(args.root, experiments=[args.experiment])
+    report = build_report(project, args.experiment, storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

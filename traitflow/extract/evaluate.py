@@ -1,0 +1,64 @@
+"""Held-out evaluation of trait vectors and the rule that picks the best one."""
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class VectorScore:
+    position: str
+    component: str
+    method: str
+    layer: int
+    val_accuracy: float
+    auroc: float
+    cohens_d: float
+    polarity: int  # +1 when held-out positives project higher than negatives, else -1
+    n_val: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def auroc(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    if len(pos_scores) == 0 or len(neg_scores) == 0:
+        return float("nan")
+    diff = pos_scores[:, None] - neg_scores[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+def cohens_d(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> float:
+    """Standardised mean difference with the pooled standard deviation."""
+    n1, n2 = len(pos_scores), len(neg_scores)
+    if n1 < 2 or n2 < 2:
+        return float("nan")
+    var = ((n1 - 1) * pos_scores.double().var() + (n2 - 1) * neg_scores.double().var()) / (n1 + n2 - 2)
+    std = float(var.sqrt())
+    delta = float(pos_scores.double().mean() - neg_scores.double().mean())
+    return delta / std if std > 0 else (float("inf") if delta > 0 else float("-inf") if delta < 0 else 0.0)
+
+
+def score_vector(
+    vector: torch.Tensor, threshold: float, val_pos: torch.Tensor, val_neg: torch.Tensor
+) -> tuple[float, float, float, int]:
+    """(accuracy, AUROC, Cohen's d, polarity) of one unit vector on held-out activations.
+
+    Classification thresholds the projection at the training classes' midpoint.
+    """
+    p, n = val_pos.float() @ vector, val_neg.float() @ vector
+    correct = int((p > threshold).sum()) + int((n <= threshold).sum())
+    accuracy = correct / max(1, len(p) + len(n))
+    polarity = 1 if float(p.mean()) >= float(n.mean()) else -1
+    return accuracy, auroc(p, n), cohens_d(p, n), polarity
+
+
+def best_score(scores: list[VectorScore]) -> VectorScore:
+    """The best vector: highest held-out accuracy; ties (common: accuracy saturates at 1.0 on
+    easy traits) go to the larger held-out Cohen's d, then to the earlier layer, then the method name."""
+    def key(s: VectorScore) -> tuple:
+        d = s.cohens_d if s.cohens_d == s.cohens_d else float("-inf")  # NaN sorts last
+        return (-s.val_accuracy, -d, s.layer, s.method)
+
+    return min(scores, key=key)

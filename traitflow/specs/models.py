@@ -1,0 +1,178 @@
+"""Pydantic models of the YAML specs (DESIGN §2). Every key has a default except `name`,
+`variants` and `traits`; unknown keys are errors (``extra="forbid"``)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- model variants
+class ModelSpec(Strict):
+    """A model variant: weights (hub id or local path), how to load them, optional LoRA."""
+
+    name: str = Field("", description="Variant name; defaults to the file name or the experiment's key.")
+    model: str = Field(..., description="HF hub id or a path relative to the project root.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    lora: str | None = Field(None, description="PEFT adapter: local path or hub id.")
+    chat_template: Literal["auto", True, False] = Field(
+        "auto", description="Use the tokenizer's chat template (auto: when it has one); base models: false."
+    )
+    trust_remote_code: bool = False
+
+
+# --------------------------------------------------------------------------- judge
+class JudgeSpec(Strict):
+    model: str = Field("keywords", description="`keywords`, `local:<variant>` or a litellm model string.")
+    api_base: str | None = None
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+
+
+# --------------------------------------------------------------------------- traits
+class Keywords(Strict):
+    """Word lists for the `keywords` judge: the trait's two poles."""
+
+    positive: list[str] = Field(default_factory=list)
+    negative: list[str] = Field(default_factory=list)
+
+
+class TraitConfig(Strict):
+    """Optional `trait.yaml` inside a trait folder: overrides for that trait."""
+
+    description: str | None = None
+    direction: Literal["positive", "negative"] | None = None
+    paired: Literal["auto", True, False] = Field(
+        "auto", description="Positive and negative scenarios pair by line (auto: jsonl pairs, txt does not)."
+    )
+    judge: JudgeSpec | None = None
+    position: str | list[str] | None = None
+    methods: list[str] | None = None
+    layers: str | int | None = None
+    keywords: Keywords | None = None
+
+
+# --------------------------------------------------------------------------- experiment sections
+Method = Literal["mean_diff", "probe", "gradient", "pca", "random_baseline"]
+Component = Literal["residual", "attn_out", "mlp_out", "attn_contribution", "mlp_contribution"]
+
+
+class VettingSpec(Strict):
+    enabled: bool = False
+    pos_threshold: float = Field(60, ge=0, le=100)
+    neg_threshold: float = Field(40, ge=0, le=100)
+    min_per_side: int = Field(10, ge=1)
+
+
+class ExtractionSpec(Strict):
+    variant: str | None = Field(None, description="Variant to extract from (default: the first variant).")
+    position: str | list[str] = Field("response[:5]", description="Position DSL, one or a list.")
+    component: Component = "residual"
+    methods: list[Method] = Field(default_factory=lambda: ["probe", "mean_diff"])
+    layers: str | int = "all"
+    val_split: float = Field(0.2, ge=0.0, lt=1.0)
+    max_new_tokens: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+    vetting: VettingSpec = VettingSpec()
+
+    @property
+    def positions(self) -> list[str]:
+        return [self.position] if isinstance(self.position, str) else list(self.position)
+
+
+class SearchSpec(Strict):
+    steps: int = Field(5, ge=1)
+    questions: int = Field(5, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    min_coherence: float = Field(77, ge=0, le=100)
+
+
+class SteeringSpec(Strict):
+    variants: list[str] = Field(default_factory=list)
+    layers: str | int = "30%-60%"
+    search: SearchSpec = SearchSpec()
+
+
+class InferenceSpec(Strict):
+    variants: list[str] = Field(default_factory=list, description="Default: every variant.")
+    prompt_sets: list[str] = Field(default_factory=list)
+    layers: str | int = Field("best", description="Layer DSL plus best, best+N, best-N.")
+    position: str | None = Field(None, description="Which extracted vectors to monitor (default: the first position).")
+    method: str | None = Field(None, description="Vector method to monitor (default: the best at that position).")
+    max_new_tokens: int = Field(24, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class ComparisonSpec(Strict):
+    a: str
+    b: str
+    prompt_set: str
+
+
+class BenchmarkSteer(Strict):
+    trait: str
+    coef: float
+
+
+class BenchmarkSpec(Strict):
+    name: str
+    variants: list[str] = Field(default_factory=list)
+    limit: int | None = Field(None, ge=1)
+    steer: list[BenchmarkSteer] = Field(default_factory=list)
+
+
+class StorageSpec(Strict):
+    uri: str = Field("./experiments", description="Local folder (relative to the root) or s3://bucket/prefix.")
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class ExperimentSpec(Strict):
+    name: str = Field(..., pattern=NAME_PATTERN)
+    variants: dict[str, str | ModelSpec] = Field(..., min_length=1)
+    traits: list[str] = Field(..., min_length=1, description="Globs over datasets/traits, e.g. toy/*.")
+    judge: JudgeSpec = JudgeSpec()
+    extraction: ExtractionSpec = ExtractionSpec()
+    steering: SteeringSpec = SteeringSpec()
+    inference: InferenceSpec = InferenceSpec()
+    comparisons: list[ComparisonSpec] = Field(default_factory=list)
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
+    storage: StorageSpec = StorageSpec()
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict) -> dict:
+        import re
+
+        for key in value:
+            if not re.match(NAME_PATTERN, key):
+                raise ValueError(f"variant name {key!r} must match {NAME_PATTERN}")
+        return value
+
+
+# --------------------------------------------------------------------------- prompt sets
+class PromptItem(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: int | str
+    text: str = Field(..., min_length=1)
+    system_prompt: str | None = None
+
+
+class PromptSetFile(BaseModel):
+    """trait-interp's `inference/<set>.json`: {name, description, prompts: [{id, text}]}."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str | None = None
+    description: str | None = None
+    system_prompt: str | None = None
+    prompts: list[PromptItem] = Field(..., min_length=1)
