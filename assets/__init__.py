@@ -11,22 +11,24 @@ import dagster as dg
 
 from assets.extraction import build_extraction_assets
 from assets.inference import build_inference_assets
-from assets.sources import prompt_source, trait_source
+from assets.sources import dataset_change_sensor, observe_jobs, prompt_source, trait_source
 from resources import ArtifactStoreResource, ModelResource
-from traitflow.specs.loader import Project
+from traitflow.specs.loader import Experiment, Project
 
 
-def build_assets(project: Project) -> list:
-    out: list = []
-    for exp in project.experiments.values():
-        traits = trait_source(project, exp)
-        extraction = build_extraction_assets(project, exp, traits)
-        out += [traits, *extraction]
-        prompts = prompt_source(project, exp)
-        if prompts is not None:
-            _, _, vectors, extraction_eval = extraction
-            out += [prompts, *build_inference_assets(project, exp, prompts, extraction_eval, vectors)]
-    return out
+def build_experiment(project: Project, exp: Experiment) -> tuple[list, list, list]:
+    """(assets, jobs, sensors) of one experiment."""
+    traits = trait_source(project, exp)
+    extraction = build_extraction_assets(project, exp, traits)
+    assets: list = [traits, *extraction]
+    sources = [traits]
+    prompts = prompt_source(project, exp)
+    if prompts is not None:
+        _, _, vectors, extraction_eval = extraction
+        assets += [prompts, *build_inference_assets(project, exp, prompts, extraction_eval, vectors)]
+        sources.append(prompts)
+    jobs = observe_jobs(exp, sources)
+    return assets, jobs, [dataset_change_sensor(project, exp, jobs)]
 
 
 def build_resources(root: Path) -> dict:
@@ -37,4 +39,10 @@ def build_resources(root: Path) -> dict:
 
 
 def build_defs(project: Project) -> dg.Definitions:
-    return dg.Definitions(assets=build_assets(project), resources=build_resources(project.root))
+    assets, jobs, sensors = [], [], []
+    for exp in project.experiments.values():
+        a, j, s = build_experiment(project, exp)
+        assets += a
+        jobs += j
+        sensors += s
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources=build_resources(project.root))

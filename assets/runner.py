@@ -12,6 +12,7 @@ import time
 import dagster as dg
 
 from assets import build_defs
+from assets.sources import observe_jobs
 from traitflow.errors import TraitflowError
 from traitflow.specs.loader import Project
 
@@ -19,6 +20,9 @@ STAGES = {
     "extraction": ["responses", "activations", "vectors", "extraction_eval"],
     "inference": ["inference_responses", "projections"],
 }
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _asset_names(stages: list[str]) -> list[str]:
@@ -65,6 +69,11 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     resources = defs.resources or {}
     done: list[str] = []
     started = time.monotonic()
+    # Record the datasets' content hashes first, so later edits show as stale partitions.
+    for job in observe_jobs(exp, [a for a in all_assets if isinstance(a, dg.SourceAsset) and a.key.path[0] == experiment]):
+        observed = defs.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET)
+        if not observed.success:
+            raise TraitflowError(f"observing the datasets of {experiment} failed (run {observed.run_id})")
     for stage, members in STAGES.items():
         selected = [n for n in members if n in names and n in by_name]
         if not selected:
@@ -87,7 +96,7 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
                 instance=instance,
                 tags=tags,
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                run_config=QUIET,
             )
             if not result.success:
                 raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}); see the run's logs in Dagster")

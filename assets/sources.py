@@ -1,32 +1,35 @@
 """Observable source assets for the user's data files, versioned per partition by content hash.
 
-Observing them (the UI's "Observe sources", or the `observe_datasets` schedule) records each trait's
-or prompt set's current hash; when one file changes, only the partitions downstream of that trait
-show as stale.
+Observing them records each trait's or prompt set's current hash; when one trait's files change,
+only the partitions downstream of that trait show as stale. `traitflow run` observes before it
+materializes, and the `<experiment>_dataset_changes` sensor observes whenever a file changed.
 """
+
+import hashlib
+import json
 
 import dagster as dg
 
-from traitflow.data.prompts import load_prompt_set
-from traitflow.data.traits import load_trait
+from traitflow.data.prompts import prompt_set_versions
+from traitflow.data.traits import trait_versions
+from traitflow.errors import TraitflowError
 from traitflow.specs.loader import INFERENCE_DIR, TRAITS_DIR, Experiment, Project
 
 
-def trait_source(project: Project, exp: Experiment) -> dg.AssetsDefinition:
+def trait_source(project: Project, exp: Experiment) -> dg.SourceAsset:
     @dg.observable_source_asset(
         name="trait_datasets", key_prefix=[exp.name], group_name=exp.name,
         partitions_def=dg.StaticPartitionsDefinition(exp.traits),
         description="Trait folders (scenarios, definition, steering questions); data version = content hash.",
     )
     def trait_datasets() -> dg.DataVersionsByPartition:
-        return dg.DataVersionsByPartition(
-            {t: dg.DataVersion(load_trait(project.root / TRAITS_DIR / t, t).content_hash()) for t in exp.traits}
-        )
+        versions = trait_versions(project.root / TRAITS_DIR, exp.traits)
+        return dg.DataVersionsByPartition({k: dg.DataVersion(v) for k, v in versions.items()})
 
     return trait_datasets
 
 
-def prompt_source(project: Project, exp: Experiment) -> dg.AssetsDefinition | None:
+def prompt_source(project: Project, exp: Experiment) -> dg.SourceAsset | None:
     names = list(exp.spec.inference.prompt_sets)
     if not names:
         return None
@@ -37,8 +40,40 @@ def prompt_source(project: Project, exp: Experiment) -> dg.AssetsDefinition | No
         description="Prompt-set files; data version = content hash.",
     )
     def prompt_sets() -> dg.DataVersionsByPartition:
-        return dg.DataVersionsByPartition(
-            {n: dg.DataVersion(load_prompt_set(project.root / INFERENCE_DIR / f"{n}.json", n).content_hash()) for n in names}
-        )
+        versions = prompt_set_versions(project.root / INFERENCE_DIR, names)
+        return dg.DataVersionsByPartition({k: dg.DataVersion(v) for k, v in versions.items()})
 
     return prompt_sets
+
+
+def observe_jobs(exp: Experiment, sources: list[dg.SourceAsset]) -> list:
+    """One observation job per source asset (a job's assets must share one partitioning)."""
+    return [
+        dg.define_asset_job(f"{exp.name}_observe_{source.key.path[-1]}", selection=dg.AssetSelection.assets(source.key),
+                            description=f"Record the content hash of every partition of {source.key.to_user_string()}.")
+        for source in sources
+    ]
+
+
+def dataset_change_sensor(project: Project, exp: Experiment, jobs: list) -> dg.SensorDefinition:
+    @dg.sensor(name=f"{exp.name}_dataset_changes", jobs=jobs, minimum_interval_seconds=30,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Observes the datasets when a trait or prompt-set file changed, so stale partitions show.")
+    def dataset_changes(context: dg.SensorEvaluationContext):
+        try:
+            versions = {
+                "traits": trait_versions(project.root / TRAITS_DIR, exp.traits),
+                "prompt_sets": prompt_set_versions(project.root / INFERENCE_DIR, list(exp.spec.inference.prompt_sets)),
+            }
+        except TraitflowError as exc:
+            yield dg.SkipReason(f"datasets do not load: {exc}")
+            return
+        digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+        if context.cursor == digest:
+            yield dg.SkipReason("no dataset file changed")
+            return
+        context.update_cursor(digest)
+        for job in jobs:
+            yield dg.RunRequest(run_key=f"{job.name}:{digest}", job_name=job.name)
+
+    return dataset_changes

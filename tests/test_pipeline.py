@@ -84,7 +84,9 @@ def test_each_model_loads_once(materialized):
 def test_runs_cover_all_partitions_in_one_run_per_stage(materialized):
     instance = materialized["instance"]
     runs = instance.get_runs()
-    assert len(runs) == 2
+    observations = [r for r in runs if r.job_name.startswith("t_observe_")]
+    materializations = [r for r in runs if not r.job_name.startswith("t_observe_")]
+    assert len(observations) == 2 and len(materializations) == 2  # one run per stage, not per partition
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     key = dg.AssetKey(["t", "vectors"])
     partitions = instance.get_materialized_partitions(key)
@@ -189,3 +191,33 @@ def test_run_cli_reports_bad_stage_in_one_line(project_root, capsys):
     assert main(["run", "t", "--root", str(project_root), "--stages", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown stage 'nope'" in err
+
+
+def test_editing_one_trait_makes_only_its_partitions_stale(project_root, materialized):
+    """`traitflow run` observed the datasets first; an edit + observation marks exactly that trait stale."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.definitions.observe import observe
+    from dagster._core.loader import LoadingContextForTest
+
+    instance = materialized["instance"]
+    definition = project_root / "datasets/traits/starter/formal/definition.txt"
+    original = definition.read_text()
+
+    def statuses() -> dict[str, str]:
+        defs = build_defs(load_project(project_root))
+        resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance))
+        return {f"{name} {key}": resolver.get_status(dg.AssetKey(["t", name]), key).value
+                for name in ("responses", "vectors") for key in ("starter/formal|chat", "starter/optimism|chat")}
+
+    assert set(statuses().values()) == {"FRESH"}
+    try:
+        definition.write_text(original + "\nAlso count stiff greetings.\n")
+        defs = build_defs(load_project(project_root))
+        observe([a for a in defs.assets if a.key == dg.AssetKey(["t", "trait_datasets"])], instance=instance)
+        after = statuses()
+    finally:
+        definition.write_text(original)
+    # The asset that reads the trait files goes stale for that trait only (Dagster then marks each
+    # downstream partition stale as its parent is re-materialized with a new data version).
+    assert after["responses starter/formal|chat"] == "STALE"
+    assert after["responses starter/optimism|chat"] == "FRESH" and after["vectors starter/optimism|chat"] == "FRESH"

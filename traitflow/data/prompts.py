@@ -49,3 +49,8 @@ def load_prompt_set(path: Path, name: str) -> PromptSet:
         Prompt(id=str(p.id), text=p.text, system_prompt=p.system_prompt or parsed.system_prompt) for p in parsed.prompts
     ]
     return PromptSet(name=name, path=path, description=parsed.description or "", prompts=prompts)
+
+
+def prompt_set_versions(inference_dir: Path, names: list[str]) -> dict[str, str]:
+    """Content hash per prompt set: the data version of each `prompt_sets` partition."""
+    return {name: load_prompt_set(inference_dir / f"{name}.json", name).content_hash() for name in names}

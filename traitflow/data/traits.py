@@ -184,3 +184,8 @@ def _read_steering(path: Path) -> SteeringConfig:
         raise SpecError(path, "unknown key; expected questions, direction, eval_prompt", line=_json_line(text, f'"{key}"'), field=key)
     return SteeringConfig(questions=questions, direction=direction, eval_prompt=eval_prompt)
 
+
+
+def trait_versions(traits_dir: Path, names: list[str]) -> dict[str, str]:
+    """Content hash per trait: the data version of each `trait_datasets` partition."""
+    return {name: load_trait(traits_dir / name, name).content_hash() for name in names}
