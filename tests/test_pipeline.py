@@ -53,12 +53,23 @@ def project_root(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def materialized(project_root) -> dict:
+def dagster_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("dagster_home")
+    # The default run coordinator launches GraphQL-submitted runs at once (no daemon needed).
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+        "telemetry:\n  enabled: false\n")
+    return home
+
+
+@pytest.fixture(scope="module")
+def materialized(project_root, dagster_home) -> dict:
     """Run the whole experiment once through Dagster, in process, counting model loads."""
     MODEL_CACHE.clear()
-    instance = dg.DagsterInstance.ephemeral()
+    loads_before = MODEL_CACHE.loads
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
     summary = run_experiment(load_project(project_root), "t", stages=["all"], instance=instance)
-    return {"summary": summary, "loads": MODEL_CACHE.loads, "instance": instance}
+    return {"summary": summary, "loads": MODEL_CACHE.loads - loads_before, "instance": instance, "home": dagster_home}
 
 
 def test_every_artifact_is_written(project_root, materialized):

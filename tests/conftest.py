@@ -1,0 +1,253 @@
+"""Shared fixtures: tiny random-initialised models of every supported architecture.
+
+Models are built offline (no hub): a small byte-level BPE tokenizer is trained in-process,
+wrapped in a transformers fast tokenizer (with or without a chat template), and a 3-layer
+random model per architecture is saved with ``save_pretrained`` under a session tmp dir.
+Tests load them through ``traitflow.model.loading`` exactly as users' models load.
+
+Fixtures (all session-scoped):
+    tiny_root             the project root the tiny models live under
+    tiny_model_dir(arch)  -> Path of the saved model (relative path: f"models/{arch}")
+    tiny_lora_dir(arch)   -> Path of a saved LoRA adapter for it (non-zero B, so it changes outputs)
+    tiny_loaded(arch)     -> LoadedModel through MODEL_CACHE
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TINY_ARCHS = ("llama", "qwen2", "gemma2", "gemma3", "mistral", "phi3", "gpt2", "gpt_neox")
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Gemma-style: no system role.
+NO_SYSTEM = (
+    "<s>{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>model\n{% endif %}"
+)
+SPECIALS = ["<pad>", "<s>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# which tokenizer flavour each architecture gets
+TOKENIZER_KIND = {
+    "llama": "chatml",
+    "qwen2": "chatml",
+    "gemma2": "nosystem",
+    "gemma3": "chatml",
+    "mistral": "plain",
+    "phi3": "chatml",
+    "gpt2": "plain",
+    "gpt_neox": "plain",
+}
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello there! How are you today? I am fine, thank you.",
+    "Great news: the weather is sunny and everything is wonderful.",
+    "Certainly. Here is the answer you asked for, stated formally.",
+    "I cannot help with that request, sorry.",
+    "Be cheerful. Be gloomy. Be formal. Be casual. Tell me about cats, dogs and trains.",
+    "system user assistant model",
+]
+
+
+def _train_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    return tok
+
+
+def _wrap_tokenizer(raw, kind: str):
+    import copy
+
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    raw = copy.deepcopy(raw)
+    if kind == "plain":
+        bos = raw.token_to_id("<s>")
+        raw.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+        tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="<|endoftext|>")
+    else:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=raw,
+            bos_token="<s>",
+            eos_token="<|im_end|>",
+            additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+        )
+        tok.chat_template = CHATML if kind == "chatml" else NO_SYSTEM
+    # no pad token on purpose: loading must fall back to eos
+    return tok
+
+
+def _config_and_class(arch: str, vocab: int, ids: dict):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, **ids)
+    llama_like = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+    )
+    if arch == "llama":
+        return tf.LlamaConfig(**common, **llama_like), tf.LlamaForCausalLM
+    if arch == "qwen2":
+        return tf.Qwen2Config(**common, **llama_like), tf.Qwen2ForCausalLM
+    if arch == "mistral":
+        return tf.MistralConfig(**common, **llama_like, sliding_window=8), tf.MistralForCausalLM
+    if arch == "phi3":
+        return tf.Phi3Config(**common, **llama_like), tf.Phi3ForCausalLM
+    if arch in ("gemma2", "gemma3"):
+        gemma = dict(
+            llama_like,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        )
+        if arch == "gemma2":
+            return tf.Gemma2Config(**common, **gemma), tf.Gemma2ForCausalLM
+        return tf.Gemma3TextConfig(**common, **gemma), tf.Gemma3ForCausalLM
+    if arch == "gpt2":
+        cfg = tf.GPT2Config(**common, n_positions=256, n_embd=64, n_layer=3, n_head=4, initializer_range=0.2)
+        return cfg, tf.GPT2LMHeadModel
+    if arch == "gpt_neox":
+        cfg = tf.GPTNeoXConfig(
+            **common,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            use_parallel_residual=True,
+            initializer_range=0.2,
+        )
+        return cfg, tf.GPTNeoXForCausalLM
+    raise KeyError(arch)
+
+
+def build_tiny_model(arch: str, path: Path, seed: int = 0) -> Path:
+    """Build and save a tiny random ``arch`` model with its tokenizer at ``path``."""
+    import torch
+    from transformers import GenerationConfig
+
+    kind = TOKENIZER_KIND[arch]
+    tokenizer = _wrap_tokenizer(_tokenizer_cache(), kind)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.convert_tokens_to_ids("<pad>"),
+    )
+    config, cls = _config_and_class(arch, len(tokenizer), ids)
+    torch.manual_seed(seed + TINY_ARCHS.index(arch))
+    model = cls(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"]
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+_RAW_TOKENIZER = []
+
+
+def _tokenizer_cache():
+    if not _RAW_TOKENIZER:
+        _RAW_TOKENIZER.append(_train_tokenizer())
+    return _RAW_TOKENIZER[0]
+
+
+def build_tiny_lora(model_dir: Path, path: Path, seed: int = 0) -> Path:
+    """A LoRA adapter on q/v projections (or the fused attention for GPT-2/NeoX), B non-zero."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    names = {type(m).__name__ for m in model.modules()}
+    if "GPT2Attention" in names:
+        targets = ["c_attn"]
+    elif "GPTNeoXAttention" in names:
+        targets = ["query_key_value"]
+    elif any("Phi3" in n for n in names):
+        targets = ["qkv_proj"]
+    else:
+        targets = ["q_proj", "v_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    torch.manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    peft_model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """Project root for tiny models: models live at ``models/<arch>``, adapters at ``loras/<arch>``.
+
+    Also limits torch to one intra-op thread: with tensors this small, a second thread only
+    adds spin-wait overhead (~1000x slower per op on a busy 2-core machine).
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    return tmp_path_factory.mktemp("tiny_root")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_root) -> Callable[[str], Path]:
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(arch, tiny_root / "models" / arch)
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_dir(tiny_root, tiny_model_dir) -> Callable[[str], Path]:
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_lora(tiny_model_dir(arch), tiny_root / "loras" / arch)
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_root, tiny_model_dir):
+    """``tiny_loaded(arch, **spec_fields)`` -> LoadedModel (through the process MODEL_CACHE)."""
+    from traitflow.model.loading import MODEL_CACHE
+    from traitflow.specs.models import ModelSpec
+
+    def get(arch: str, **fields):
+        tiny_model_dir(arch)
+        spec = ModelSpec(name=arch, model=f"models/{arch}", device="cpu", dtype="float32", **fields)
+        return MODEL_CACHE.get(spec, tiny_root)
+
+    return get

@@ -1,0 +1,134 @@
+"""The Dagster webserver, for real: it loads `definitions`, shows the materialized partitions with
+their metadata over GraphQL, and launches a run submitted through GraphQL."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_pipeline import dagster_home, materialized, project_root  # noqa: F401 - shared module fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        payload = json.loads(response.read())
+    assert "errors" not in payload, payload["errors"]
+    return payload["data"]
+
+
+@pytest.fixture(scope="module")
+def webserver(project_root, materialized):  # noqa: F811
+    port = free_port()
+    env = dict(os.environ, TRAITFLOW_ROOT=str(project_root), DAGSTER_HOME=str(materialized["home"]))
+    log = open(materialized["home"] / "webserver.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-webserver"), "-m", "definitions", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((materialized["home"] / "webserver.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+MATERIALIZATIONS = """
+query ($key: AssetKeyInput!, $partitions: [String!]) {
+  assetOrError(assetKey: $key) {
+    ... on Asset {
+      assetMaterializations(partitions: $partitions) {
+        partition
+        metadataEntries {
+          label
+          ... on FloatMetadataEntry { floatValue }
+          ... on IntMetadataEntry { intValue }
+          ... on PathMetadataEntry { path }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_webserver_shows_materialized_partitions_with_metadata(webserver):
+    data = graphql(webserver, MATERIALIZATIONS, {"key": {"path": ["t", "extraction_eval"]},
+                                                 "partitions": ["starter/optimism|chat"]})
+    events = data["assetOrError"]["assetMaterializations"]
+    assert events, "no materialization of t/extraction_eval for starter/optimism|chat"
+    entries = {e["label"]: e for e in events[0]["metadataEntries"]}
+    assert 0.0 <= entries["best_val_accuracy"]["floatValue"] <= 1.0
+    assert entries["path"]["path"].endswith("extraction_eval.json")
+    assert "best_method" in entries and "best_layer" in entries
+
+
+def test_webserver_lists_the_asset_graph(webserver):
+    data = graphql(webserver, "{ assetNodes { assetKey { path } groupName isPartitioned kinds } }")
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
+    for name in ("responses", "activations", "vectors", "extraction_eval", "inference_responses", "projections"):
+        node = nodes[f"t/{name}"]
+        assert node["groupName"] == "t" and node["isPartitioned"]
+    assert "pytorch" in nodes["t/responses"]["kinds"]
+
+
+def test_run_launched_through_graphql_succeeds(webserver, project_root):  # noqa: F811
+    target = project_root / "experiments/t/vectors/starter/optimism/chat/vectors.safetensors"
+    before = target.stat().st_mtime_ns
+    mutation = """
+    mutation ($params: ExecutionParams!) {
+      launchRun(executionParams: $params) {
+        __typename
+        ... on LaunchRunSuccess { run { runId } }
+        ... on PythonError { message }
+        ... on InvalidSubsetError { message }
+      }
+    }"""
+    params = {
+        "selector": {"repositoryLocationName": "definitions", "repositoryName": "__repository__",
+                     "jobName": "__ASSET_JOB", "assetSelection": [{"path": ["t", "vectors"]}]},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "starter/optimism|chat"}]},
+    }
+    launched = graphql(webserver, mutation, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    status_query = 'query ($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }'
+    deadline = time.monotonic() + 180
+    status = None
+    while time.monotonic() < deadline:
+        status = graphql(webserver, status_query, {"id": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(1)
+    assert status == "SUCCESS"
+    assert target.stat().st_mtime_ns > before

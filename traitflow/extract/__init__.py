@@ -1,0 +1,1 @@
+"""Extraction: positions, layers, activation capture, vector methods, evaluation."""

@@ -1,0 +1,46 @@
+"""Turn a prompt (and optional system prompt) into the token ids a model is given.
+
+With a chat template: ``[system, user]`` messages and ``add_generation_prompt=True``; when the
+template rejects a system role (Gemma raises) or silently drops it, the system prompt is
+folded into the user message (``system + "\\n\\n" + prompt``). Without a chat template (base
+models): plain text ``system_prompt + "\\n\\n" + prompt`` tokenised with the tokenizer's usual
+special tokens (e.g. BOS).
+
+The ids returned here are the ids used everywhere downstream: nothing re-tokenises decoded text.
+
+Example:
+    >>> ids = prompt_ids(loaded, "How are you?", system_prompt="Be cheerful.")
+"""
+
+from typing import Any
+
+__all__ = ["format_prompt", "prompt_ids"]
+
+
+def _fold(prompt: str, system_prompt: str | None) -> str:
+    return f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+
+
+def format_prompt(loaded: Any, prompt: str, system_prompt: str | None = None) -> tuple[str, bool]:
+    """The prompt as text, and whether it is a rendered chat template (no extra special tokens)."""
+    tokenizer = loaded.tokenizer
+    if not loaded.uses_chat_template:
+        return _fold(prompt, system_prompt), False
+    if system_prompt:
+        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - jinja TemplateError from raise_exception, or a template bug
+            text = None
+        if isinstance(text, str) and system_prompt.strip() in text:
+            return text, True
+    user = [{"role": "user", "content": _fold(prompt, system_prompt)}]
+    return tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True), True
+
+
+def prompt_ids(loaded: Any, prompt: str, system_prompt: str | None = None) -> list[int]:
+    """Token ids of the prompt as the model sees it before its response."""
+    text, templated = format_prompt(loaded, prompt, system_prompt)
+    # A rendered template already contains its special tokens (BOS etc.).
+    encoded = loaded.tokenizer(text, add_special_tokens=not templated)
+    return [int(i) for i in encoded["input_ids"]]
