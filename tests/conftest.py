@@ -251,3 +251,69 @@ def tiny_loaded(tiny_root, tiny_model_dir):
         return MODEL_CACHE.get(spec, tiny_root)
 
     return get
+
+
+# --------------------------------------------------------------------------- the vertical slice
+# A project with two trait-interp starter traits and the tiny Llama, materialized once per session
+# through Dagster (tests/test_pipeline.py and tests/test_webserver.py read it).
+COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "trait-interp"
+
+SLICE_EXPERIMENT = """\
+name: t
+variants:
+  chat: {model: models/llama, device: cpu}
+  plain: {model: models/llama, device: cpu, chat_template: false}
+traits: [starter/*]
+extraction:
+  position: ["prompt[-1]", "response[:3]"]
+  methods: [probe, mean_diff]
+  max_new_tokens: 4
+inference:
+  prompt_sets: [starter/general]
+  layers: best,best+1
+  max_new_tokens: 4
+"""
+
+
+@pytest.fixture(scope="session")
+def project_root(tmp_path_factory, tiny_model_dir) -> Path:
+    import shutil
+
+    root = tmp_path_factory.mktemp("slice")
+    shutil.copytree(tiny_model_dir("llama"), root / "models" / "llama")
+    traits = root / "datasets" / "traits" / "starter"
+    for name in ("optimism", "formal"):
+        shutil.copytree(COMPAT / "traits" / "starter_traits" / name, traits / name)
+    (root / "datasets" / "inference" / "starter").mkdir(parents=True)
+    shutil.copy(COMPAT / "inference" / "starter_prompts" / "general.json", root / "datasets" / "inference" / "starter")
+    (root / "specs" / "experiments").mkdir(parents=True)
+    (root / "specs" / "experiments" / "t.yaml").write_text(SLICE_EXPERIMENT)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dagster_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("dagster_home")
+    # The default run coordinator launches GraphQL-submitted runs at once (no daemon needed).
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+        "telemetry:\n  enabled: false\n")
+    return home
+
+
+@pytest.fixture(scope="session")
+def materialized(project_root, dagster_home) -> dict:
+    """Run the whole experiment once through Dagster, in process, counting model loads."""
+    import dagster as dg
+
+    from assets.runner import run_experiment
+    from traitflow.model.loading import MODEL_CACHE
+    from traitflow.specs.loader import load_project
+
+    MODEL_CACHE.clear()
+    loads_before = MODEL_CACHE.loads
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    summary = run_experiment(load_project(project_root), "t", stages=["all"], instance=instance)
+    return {"summary": summary, "loads": MODEL_CACHE.loads - loads_before, "instance": instance, "home": dagster_home}
+
+

@@ -3,74 +3,19 @@ single-run backfills, the `dagster asset materialize` CLI and the `traitflow run
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from assets import build_defs
-from assets.runner import run_experiment
 from traitflow.cli import main
-from traitflow.model.loading import MODEL_CACHE
 from traitflow.specs.loader import load_project
 from traitflow.store import ArtifactStore
 
 COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "trait-interp"
 REPO = Path(__file__).resolve().parents[1]
-
-EXPERIMENT = """\
-name: t
-variants:
-  chat: {model: models/llama, device: cpu}
-  plain: {model: models/llama, device: cpu, chat_template: false}
-traits: [starter/*]
-extraction:
-  position: ["prompt[-1]", "response[:3]"]
-  methods: [probe, mean_diff]
-  max_new_tokens: 4
-inference:
-  prompt_sets: [starter/general]
-  layers: best,best+1
-  max_new_tokens: 4
-"""
-
-
-@pytest.fixture(scope="module")
-def project_root(tmp_path_factory, tiny_model_dir) -> Path:
-    root = tmp_path_factory.mktemp("slice")
-    shutil.copytree(tiny_model_dir("llama"), root / "models" / "llama")
-    traits = root / "datasets" / "traits" / "starter"
-    for name in ("optimism", "formal"):
-        shutil.copytree(COMPAT / "traits" / "starter_traits" / name, traits / name)
-    (root / "datasets" / "inference" / "starter").mkdir(parents=True)
-    shutil.copy(COMPAT / "inference" / "starter_prompts" / "general.json", root / "datasets" / "inference" / "starter")
-    (root / "specs" / "experiments").mkdir(parents=True)
-    (root / "specs" / "experiments" / "t.yaml").write_text(EXPERIMENT)
-    return root
-
-
-@pytest.fixture(scope="module")
-def dagster_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("dagster_home")
-    # The default run coordinator launches GraphQL-submitted runs at once (no daemon needed).
-    (home / "dagster.yaml").write_text(
-        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
-        "telemetry:\n  enabled: false\n")
-    return home
-
-
-@pytest.fixture(scope="module")
-def materialized(project_root, dagster_home) -> dict:
-    """Run the whole experiment once through Dagster, in process, counting model loads."""
-    MODEL_CACHE.clear()
-    loads_before = MODEL_CACHE.loads
-    instance = dg.DagsterInstance.from_config(str(dagster_home))
-    summary = run_experiment(load_project(project_root), "t", stages=["all"], instance=instance)
-    return {"summary": summary, "loads": MODEL_CACHE.loads - loads_before, "instance": instance, "home": dagster_home}
-
 
 def test_every_artifact_is_written(project_root, materialized):
     store = ArtifactStore(project_root / "experiments")

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import dagster_home, materialized, project_root  # noqa: F401 - shared module fixtures
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,7 +33,7 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def webserver(project_root, materialized):  # noqa: F811
+def webserver(project_root, materialized):
     port = free_port()
     env = dict(os.environ, TRAITFLOW_ROOT=str(project_root), DAGSTER_HOME=str(materialized["home"]))
     log = open(materialized["home"] / "webserver.log", "w")
@@ -102,7 +100,7 @@ def test_webserver_lists_the_asset_graph(webserver):
     assert "pytorch" in nodes["t/responses"]["kinds"]
 
 
-def test_run_launched_through_graphql_succeeds(webserver, project_root):  # noqa: F811
+def test_run_launched_through_graphql_succeeds(webserver, project_root):
     target = project_root / "experiments/t/vectors/starter/optimism/chat/vectors.safetensors"
     before = target.stat().st_mtime_ns
     mutation = """
