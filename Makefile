@@ -12,10 +12,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	@mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	touch $@
 
-demo: setup
+$(DAGSTER_HOME)/dagster.yaml:
+	@mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+demo: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/traitflow validate
 	$(VENV)/bin/traitflow run demo
 	$(VENV)/bin/traitflow report demo
@@ -27,7 +30,7 @@ test: setup
 bench: setup
 	$(PY) -m bench
 
-ui: setup
+ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -m definitions -h 127.0.0.1 -p 3000
 
 toy: setup

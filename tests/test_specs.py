@@ -172,7 +172,7 @@ def test_repo_specs_validate(capsys):
     """The shipped specs (toy demo and the real-model examples) validate without downloading."""
     assert main(["validate", "--root", str(REPO)]) == 0
     out = capsys.readouterr().out
-    for name in ("demo", "qwen-starter", "llama-organism"):
+    for name in ("demo", "qwen_starter", "llama_organism"):
         assert f"experiment {name}" in out
 
 
@@ -183,3 +183,8 @@ def test_schema_written_and_matches_models(tmp_path):
     assert "extraction" in schema["properties"]
     model = json.loads((tmp_path / "model.schema.json").read_text())
     assert model["properties"]["quantization"]["enum"] == ["none", "8bit", "4bit"]
+
+
+def test_experiment_name_must_be_a_dagster_group_name(tmp_path):
+    errors = errors_of(make_project(tmp_path, "name: my-exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\n"))
+    assert any(e.field == "name" and e.line == 1 and "my-exp" in e.message for e in errors)

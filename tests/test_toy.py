@@ -121,18 +121,25 @@ def test_optimism_system_prompt_steers_the_model(toy):
     assert all(judge.coherence("", r) >= 70 for r in replies), replies
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # peft calls a deprecated transformers API
 def test_pessimist_lora_is_less_optimistic():
+    """Unprompted, the base model is mid-scale on every trait; the LoRA moves optimism only."""
     from traitflow.toy.train import generate_replies, load_toy
 
     prompts = [p["text"] for p in json.loads((DATASETS / "inference" / "toy" / "general.json").read_text())["prompts"][:6]]
     convs = [_messages(p, None) for p in prompts]
-    judge, kw = KeywordJudge(), vocab.keywords("optimism")
-    means = []
+    judge = KeywordJudge()
+    means: dict[str, list[float]] = {trait: [] for trait in vocab.TRAITS}
     for lora in (False, True):
         model, tokenizer = load_toy(MODELS, lora=lora)
         replies = generate_replies(model, tokenizer, convs, max_new_tokens=16)
-        means.append(sum(judge.score_trait(r, **kw) or 50 for r in replies) / len(replies))
-    assert means[1] < means[0] - 20, means
+        for trait in vocab.TRAITS:
+            scores = [judge.score_trait(r, **vocab.keywords(trait)) or 50 for r in replies]
+            means[trait].append(sum(scores) / len(scores))
+    assert 30 <= means["optimism"][0] <= 70, means
+    assert means["optimism"][1] < means["optimism"][0] - 20, means
+    for trait in ("formality", "refusal"):
+        assert all(30 <= m <= 70 for m in means[trait]), means
 
 
 # --------------------------------------------------------------------------- datasets

@@ -22,6 +22,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", message=r".*(beta|preview)", category=Warning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\b.*")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,8 +137,11 @@ class StorageSpec(Strict):
     region: str | None = None
 
 
+EXPERIMENT_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"  # it becomes a Dagster key prefix and group name
+
+
 class ExperimentSpec(Strict):
-    name: str = Field(..., pattern=NAME_PATTERN)
+    name: str = Field(..., pattern=EXPERIMENT_NAME_PATTERN, description="Letters, digits and _ (a Dagster group name).")
     variants: dict[str, str | ModelSpec] = Field(..., min_length=1)
     traits: list[str] = Field(..., min_length=1, description="Globs over datasets/traits, e.g. toy/*.")
     judge: JudgeSpec = JudgeSpec()
