@@ -14,7 +14,8 @@ def build_extraction_assets(project: Project, exp: Experiment, trait_source: dg.
     prefix = [exp.name]
     # Code versions hash the spec sections each asset depends on; trait files are versioned per
     # partition by the `trait_datasets` source asset, so editing one trait marks only its partitions stale.
-    common = dict(key_prefix=prefix, group_name=exp.name, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    common = dict(key_prefix=prefix, group_name=exp.name, partitions_def=partitions, backfill_policy=SINGLE_RUN,
+                  tags={"traitflow/stage": "extraction", "traitflow/experiment": exp.name})
     to_trait = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="trait")
 
     @dg.asset(

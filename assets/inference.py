@@ -16,7 +16,8 @@ def build_inference_assets(
     partitions = prompt_set_variant(exp)
     if partitions is None:
         return []
-    common = dict(key_prefix=[exp.name], group_name=exp.name, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    common = dict(key_prefix=[exp.name], group_name=exp.name, partitions_def=partitions, backfill_policy=SINGLE_RUN,
+                  tags={"traitflow/stage": "inference", "traitflow/experiment": exp.name})
     to_set = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="prompt_set")
 
     @dg.asset(

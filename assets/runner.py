@@ -22,7 +22,7 @@ STAGES = {
 }
 
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _asset_names(stages: list[str]) -> list[str]:
