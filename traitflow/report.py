@@ -34,18 +34,20 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"experiment {report['experiment']}  (artifacts: {report['storage']})", ""]
-    lines.append(f"{'trait':28} {'method':10} {'layer':>5} {'val acc':>8} {'d':>7}  materialized")
+    lines.append(f"{'trait':24} {'position':14} {'method':10} {'layer':>5} {'val acc':>8} {'d':>7}  materialized")
     for trait, info in report["traits"].items():
         ex = info["extraction"]
         done = ", ".join(info["materialized"]) or "nothing"
         if ex:
-            lines.append(f"{trait:28} {ex['method']:10} {ex['layer']:>5} {ex['val_accuracy']:>8.3f} {ex['cohens_d']:>7.2f}  {done}")
+            lines.append(f"{trait:24} {ex['position']:14} {ex['method']:10} {ex['layer']:>5} {ex['val_accuracy']:>8.3f} "
+                         f"{ex['cohens_d']:>7.2f}  {done}")
         else:
-            lines.append(f"{trait:28} {'-':10} {'-':>5} {'-':>8} {'-':>7}  {done}")
+            lines.append(f"{trait:24} {'-':14} {'-':10} {'-':>5} {'-':>8} {'-':>7}  {done}")
     if report["inference"]:
         lines.append("")
         for key, done in report["inference"].items():
             lines.append(f"inference {key}: {', '.join(done) or 'nothing'}")
     lines.append("")
-    lines.append(f"files: {FILES['vectors']} etc. under {report['storage']}/{report['experiment']}/")
+    lines.append(f"artifacts: {report['storage']}/{report['experiment']}/<asset>/<partition>/ "
+                 f"(e.g. vectors/<trait>/<variant>/{FILES['vectors']})")
     return "\n".join(lines)

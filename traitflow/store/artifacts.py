@@ -62,12 +62,12 @@ class ArtifactStore:
     def read_tensors(self, path: Path) -> tuple[dict, dict[str, Any]]:
         """Tensors and metadata; JSON-looking metadata values are decoded."""
         from safetensors import safe_open
-        from safetensors.torch import load
 
-        data = self.read_bytes(path)
-        tensors = load(data)
+        if not path.exists():
+            raise TraitflowError(f"{path}: artifact missing; materialize its upstream asset first")
         with safe_open(str(path), framework="pt") as handle:
             raw = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         return tensors, {k: _maybe_json(v) for k, v in raw.items()}
 
 
