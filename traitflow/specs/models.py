@@ -68,9 +68,13 @@ Component = Literal["residual", "attn_out", "mlp_out", "attn_contribution", "mlp
 
 class VettingSpec(Strict):
     enabled: bool = False
-    pos_threshold: float = Field(60, ge=0, le=100)
-    neg_threshold: float = Field(40, ge=0, le=100)
-    min_per_side: int = Field(10, ge=1)
+    pos_threshold: float = Field(60, ge=0, le=100, description="Positive replies pass at a score >= this.")
+    neg_threshold: float = Field(40, ge=0, le=100, description="Negative replies pass at a score <= this.")
+    min_per_side: int = Field(10, ge=1, description="Fewer passing on either side fails the trait's check.")
+    paired_filter: bool = Field(False, description="Drop both halves of a pair when either fails.")
+    adaptive_position: bool = Field(
+        False, description="The judge estimates how many leading tokens carry the trait; the median sets response[:N]."
+    )
 
 
 class ExtractionSpec(Strict):
@@ -83,11 +87,18 @@ class ExtractionSpec(Strict):
     max_new_tokens: int = Field(16, ge=1)
     batch_size: int = Field(16, ge=1)
     seed: int = 0
+    clean_massive_dims: bool = Field(False, description="Zero the massive-activation dimensions before any method.")
+    min_val_accuracy: float = Field(0.7, ge=0, le=1, description="Asset check: the best vector's held-out accuracy.")
     vetting: VettingSpec = VettingSpec()
 
     @property
     def positions(self) -> list[str]:
         return [self.position] if isinstance(self.position, str) else list(self.position)
+
+
+class LensSpec(Strict):
+    top_k: int = Field(20, ge=1, le=200)
+    filter_common: bool = Field(True, description="Leave out tokens that rank high for almost any direction.")
 
 
 class SearchSpec(Strict):
@@ -146,6 +157,7 @@ class ExperimentSpec(Strict):
     traits: list[str] = Field(..., min_length=1, description="Globs over datasets/traits, e.g. toy/*.")
     judge: JudgeSpec = JudgeSpec()
     extraction: ExtractionSpec = ExtractionSpec()
+    logit_lens: LensSpec = LensSpec()
     steering: SteeringSpec = SteeringSpec()
     inference: InferenceSpec = InferenceSpec()
     comparisons: list[ComparisonSpec] = Field(default_factory=list)
