@@ -24,7 +24,8 @@ def build_experiment(project: Project, exp: Experiment) -> tuple[list, list, lis
     sources = [traits]
     prompts = prompt_source(project, exp)
     if prompts is not None:
-        _, _, vectors, extraction_eval = extraction
+        by_name = {a.key.path[-1]: a for a in extraction}
+        vectors, extraction_eval = by_name["vectors"], by_name["extraction_eval"]
         assets += [prompts, *build_inference_assets(project, exp, prompts, extraction_eval, vectors)]
         sources.append(prompts)
     jobs = observe_jobs(exp, sources)

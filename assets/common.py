@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.partitions import split_key
 from resources import ArtifactStoreResource, ModelResource
-from traitflow.pipeline import StageContext
+from traitflow.pipeline import Check, Markdown, StageContext
 from traitflow.specs.loader import Experiment, Project
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
@@ -25,17 +25,41 @@ def stage_context(
     )
 
 
+def _metadata_value(key: str, value):
+    if key == "path" or key.endswith("_html"):
+        return dg.MetadataValue.path(value)
+    if isinstance(value, Markdown):
+        return dg.MetadataValue.md(value.text)
+    return value
+
+
 def for_each_partition(
     context: dg.AssetExecutionContext, stage: Callable[..., dict], ctx: StageContext
 ) -> dg.MaterializeResult:
     """Run `stage` for every partition of this run (one, or many under a single-run backfill),
-    attaching each partition's own headline numbers to its materialization."""
+    attaching each partition's own headline numbers to its materialization.
+
+    A stage may return `checks: {name: Check}`; each becomes one asset check result for the run,
+    failing when any partition fails, with the failing partitions named.
+    """
     partitions_def = context.assets_def.partitions_def
     keys = context.partition_keys
+    checks: dict[str, list[tuple[str, Check]]] = {}
     for number, key in enumerate(keys, start=1):
         dims = split_key(partitions_def, key)
         context.log.info(f"[{number}/{len(keys)}] {context.asset_key.to_user_string()} {key}")
         numbers = stage(ctx, **dims)
-        metadata = {k: (dg.MetadataValue.path(v) if k == "path" else v) for k, v in numbers.items()}
-        context.add_asset_metadata(metadata, partition_key=key)
-    return dg.MaterializeResult()
+        for name, check in numbers.pop("checks", {}).items():
+            checks.setdefault(name, []).append((key, check))
+        context.add_asset_metadata({k: _metadata_value(k, v) for k, v in numbers.items()}, partition_key=key)
+    results = []
+    for name, outcomes in checks.items():
+        failed = [key for key, check in outcomes if not check.passed]
+        results.append(dg.AssetCheckResult(
+            check_name=name,
+            passed=not failed,
+            metadata={"failed_partitions": ", ".join(failed) or "none",
+                      "details": dg.MetadataValue.md("\n".join(f"- `{k}` {'ok' if c.passed else 'FAILED'}: {c.detail}"
+                                                               for k, c in outcomes))},
+        ))
+    return dg.MaterializeResult(check_results=results)

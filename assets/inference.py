@@ -23,7 +23,7 @@ def build_inference_assets(
     @dg.asset(
         name="inference_responses", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
         deps=[dg.AssetDep(prompt_source, partition_mapping=to_set)],
-        code_version=exp.section_hash("inference"),
+        code_version=exp.code_version("inference_responses"),
         description="Each variant's replies to the prompt set, with exact token ids.",
     )
     def inference_responses(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
@@ -34,7 +34,7 @@ def build_inference_assets(
     @dg.asset(
         name="projections", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
         deps=[inference_responses, dg.AssetDep(vectors, partition_mapping=every), dg.AssetDep(extraction_eval, partition_mapping=every)],
-        code_version=exp.section_hash("inference", "extraction"),
+        code_version=exp.code_version("projections"),
         description="Per-token projections (h·v̂ and ‖h‖) of every response onto every trait's vector.",
     )
     def projections(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:

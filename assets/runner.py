@@ -17,9 +17,12 @@ from traitflow.errors import TraitflowError
 from traitflow.specs.loader import Project
 
 STAGES = {
-    "extraction": ["responses", "activations", "vectors", "extraction_eval"],
+    "generation": ["responses", "vetting"],
+    "extraction": ["activations", "vectors", "extraction_eval", "logit_lens"],
     "inference": ["inference_responses", "projections"],
 }
+# `--stages extraction` means the whole extraction chain, generation included.
+ALIASES = {"extraction": ["generation", "extraction"]}
 
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -30,6 +33,8 @@ def _asset_names(stages: list[str]) -> list[str]:
     for stage in stages:
         if stage == "all":
             names += [a for group in STAGES.values() for a in group]
+        elif stage in ALIASES:
+            names += [a for group in ALIASES[stage] for a in STAGES[group]]
         elif stage in STAGES:
             names += STAGES[stage]
         elif any(stage in group for group in STAGES.values()):
@@ -80,8 +85,14 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
             continue
         partitions_def = by_name[selected[0]].partitions_def
         keys = partitions_def.get_partition_keys()
-        if stage == "extraction":
+        if stage in ("generation", "extraction"):
             wanted = {k for k in keys if partitions_def.get_partition_key_from_str(k).keys_by_dimension["trait"] in traits}
+            if stage == "extraction":
+                # Traits whose vetting left too few replies stop here (their check failed), the rest go on.
+                failed = [t for t in traits if not _vetting_passed(project, experiment, t)]
+                for trait in failed:
+                    print(f"  skipping {trait}: too few replies passed vetting (see {experiment}/vetting)", flush=True)
+                wanted = {k for k in wanted if partitions_def.get_partition_key_from_str(k).keys_by_dimension["trait"] not in failed}
         else:
             wanted = set(keys)
         for start, end in _contiguous_ranges(keys, wanted):
@@ -99,6 +110,27 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
                 run_config=QUIET,
             )
             if not result.success:
-                raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}); see the run's logs in Dagster")
+                raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}): {_failure(result)}")
             done.append(f"{stage}: {label}")
     return f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s: " + "; ".join(done)
+
+
+def _failure(result) -> str:
+    """The first step failure's message: a user error's one line, or the exception's last line."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name not in ("TraitflowError", "SpecError"):
+                error = error.cause
+            return f"{event.step_key}: {error.message.strip().splitlines()[-1]}"
+    return "see the run's logs in Dagster"
+
+
+def _vetting_passed(project: Project, experiment: str, trait: str) -> bool:
+    from traitflow.pipeline import StageContext, vetting_passed
+
+    ctx = StageContext.create(project, experiment, load_model=lambda v: None, storage_uri=os.environ.get("TRAITFLOW_STORAGE") or None)
+    try:
+        return vetting_passed(ctx, trait, ctx.experiment.extraction_variant)
+    except TraitflowError:  # not vetted yet: let the run say what is missing
+        return True

@@ -25,7 +25,7 @@ def by_key(defs: dg.Definitions) -> dict[str, dg.AssetsDefinition]:
 def test_asset_graph_shape(tmp_path):
     root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
     assets = by_key(defs_for(root))
-    expected = {"exp/trait_datasets", "exp/responses", "exp/activations", "exp/vectors", "exp/extraction_eval",
+    expected = {"exp/trait_datasets", "exp/responses", "exp/vetting", "exp/logit_lens", "exp/activations", "exp/vectors", "exp/extraction_eval",
                 "exp/prompt_sets", "exp/inference_responses", "exp/projections"}
     assert expected == set(assets)
     responses = assets["exp/responses"]
@@ -44,18 +44,26 @@ def test_asset_graph_shape(tmp_path):
     assert graph is None
 
 
-def test_code_versions_follow_the_spec_sections(tmp_path):
+def code_versions(root: Path) -> dict[str, str]:
+    return {k: a.code_versions_by_key[a.key] for k, a in by_key(defs_for(root)).items() if isinstance(a, dg.AssetsDefinition)}
+
+
+def test_code_versions_follow_the_spec_fields_each_asset_reads(tmp_path):
     root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
-    before = {k: a.code_versions_by_key[a.key] for k, a in by_key(defs_for(root)).items() if isinstance(a, dg.AssetsDefinition)}
     exp_file = root / "specs" / "experiments" / "exp.yaml"
-    exp_file.write_text(exp_file.read_text().replace('layers: "best,best+2"', 'layers: "best"'))
-    after = {k: a.code_versions_by_key[a.key] for k, a in by_key(defs_for(root)).items() if isinstance(a, dg.AssetsDefinition)}
-    changed = {k for k in before if before[k] != after[k]}
-    assert changed == {"exp/inference_responses", "exp/projections"}
-    exp_file.write_text(exp_file.read_text().replace('layers: "30%-60%"', 'layers: "all"'))
-    again = {k: a.code_versions_by_key[a.key] for k, a in by_key(defs_for(root)).items() if isinstance(a, dg.AssetsDefinition)}
-    assert {k for k in after if after[k] != again[k]} == {
-        "exp/responses", "exp/activations", "exp/vectors", "exp/extraction_eval", "exp/projections"}
+
+    def changed_by(old: str, new: str) -> set[str]:
+        before = code_versions(root)
+        exp_file.write_text(exp_file.read_text().replace(old, new))
+        after = code_versions(root)
+        return {k for k in before if before[k] != after[k]}
+
+    assert changed_by('layers: "best,best+2"', 'layers: "best"') == {"exp/projections"}
+    extraction_chain = {"exp/activations", "exp/vectors", "exp/extraction_eval", "exp/logit_lens", "exp/projections"}
+    assert changed_by('layers: "30%-60%"', 'layers: "all"') == extraction_chain
+    # A new vetting threshold re-filters (and re-extracts) but never regenerates responses.
+    assert changed_by("extraction: {", "extraction: {vetting: {pos_threshold: 70}, ") == {"exp/vetting"} | extraction_chain
+    assert changed_by("extraction: {", "extraction: {max_new_tokens: 9, ") == {"exp/responses", "exp/vetting"} | extraction_chain
 
 
 def observed_versions(source, instance: dg.DagsterInstance) -> dict[str, str]:

@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_every_artifact_is_written(project_root, materialized):
     store = ArtifactStore(project_root / "experiments")
-    for asset, name in [("responses", "responses.json"), ("activations", "activations.safetensors"),
-                        ("vectors", "vectors.safetensors"), ("extraction_eval", "extraction_eval.json")]:
+    for asset, name in [("responses", "responses.json"), ("vetting", "vetting.json"), ("activations", "activations.safetensors"),
+                        ("vectors", "vectors.safetensors"), ("extraction_eval", "extraction_eval.json"),
+                        ("extraction_eval", "eval_heatmap.png"), ("extraction_eval", "eval_heatmap.html"),
+                        ("logit_lens", "logit_lens.json")]:
         for trait in ("formal", "optimism"):
             assert store.path("t", asset, ("starter", trait, "chat"), name).exists()
     for asset in ("inference_responses", "projections"):
@@ -42,7 +44,8 @@ def test_runs_cover_all_partitions_in_one_run_per_stage(materialized):
     runs = instance.get_runs()
     observations = [r for r in runs if r.job_name.startswith("t_observe_")]
     materializations = [r for r in runs if not r.job_name.startswith("t_observe_")]
-    assert len(observations) == 2 and len(materializations) == 2  # one run per stage, not per partition
+    # One run per stage (generation, extraction, inference), not one per partition.
+    assert len(observations) == 2 and len(materializations) == 3
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     key = dg.AssetKey(["t", "vectors"])
     partitions = instance.get_materialized_partitions(key)
@@ -108,7 +111,8 @@ def test_report_json_shape(project_root, materialized, capsys):
     assert report["experiment"] == "t"
     extraction = report["traits"]["starter/optimism"]["extraction"]
     assert {"method", "layer", "val_accuracy"} <= set(extraction)
-    assert report["traits"]["starter/formal"]["materialized"] == ["responses", "activations", "vectors", "extraction_eval"]
+    assert report["traits"]["starter/formal"]["materialized"] == ["responses", "vetting", "activations", "vectors",
+                                                                  "extraction_eval", "logit_lens"]
     assert main(["report", "t", "--root", str(project_root)]) == 0
     assert "starter/optimism" in capsys.readouterr().out
 

@@ -72,6 +72,7 @@ query ($key: AssetKeyInput!, $partitions: [String!]) {
           ... on FloatMetadataEntry { floatValue }
           ... on IntMetadataEntry { intValue }
           ... on PathMetadataEntry { path }
+          ... on MarkdownMetadataEntry { mdStr }
         }
       }
     }
@@ -89,6 +90,31 @@ def test_webserver_shows_materialized_partitions_with_metadata(webserver):
     assert 0.0 <= entries["best_val_accuracy"]["floatValue"] <= 1.0
     assert entries["path"]["path"].endswith("extraction_eval.json")
     assert "best_method" in entries and "best_layer" in entries
+    assert entries["chart"]["mdStr"].count("data:image/png;base64,") == 1
+    assert entries["chart_html"]["path"].endswith("eval_heatmap.html")
+
+
+CHECKS = """
+query ($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks { checks { name blocking executionForLatestMaterialization { status } } }
+      }
+    }
+  }
+}
+"""
+
+
+def test_webserver_shows_asset_check_results(webserver):
+    for asset, names in (("extraction_eval", {"polarity", "min_val_accuracy"}), ("vetting", {"min_per_side"})):
+        data = graphql(webserver, CHECKS, {"key": {"path": ["t", asset]}})
+        checks = {c["name"]: c for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"]}
+        assert set(checks) == names
+        for check in checks.values():
+            assert check["executionForLatestMaterialization"]["status"] in ("SUCCEEDED", "FAILED")
+    assert checks["min_per_side"]["blocking"] is True
 
 
 def test_webserver_lists_the_asset_graph(webserver):

@@ -17,12 +17,29 @@ from traitflow.store import ArtifactStore, open_store
 # Artifact file names, one per asset: the single source of truth for where things live.
 FILES = {
     "responses": "responses.json",
+    "vetting": "vetting.json",
     "activations": "activations.safetensors",
     "vectors": "vectors.safetensors",
     "extraction_eval": "extraction_eval.json",
+    "logit_lens": "logit_lens.json",
     "inference_responses": "responses.json",
     "projections": "projections.json",
 }
+
+
+@dataclass(frozen=True)
+class Markdown:
+    """A metadata value to show as markdown (charts embed their PNG this way)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one quality gate for one partition (an asset check in Dagster)."""
+
+    passed: bool
+    detail: str
 
 
 @dataclass
@@ -72,6 +89,51 @@ def run_responses(ctx: StageContext, trait: str, variant: str) -> dict:
             "mean_response_tokens": sum(lengths) / max(1, len(lengths))}
 
 
+def judge_cache_path(ctx: StageContext) -> Path:
+    """One SQLite judge cache per project: keyed by judge model, template and inputs, so experiments share it."""
+    return ctx.project.root / ".traitflow" / "judge_cache.sqlite"
+
+
+def judge_for(ctx: StageContext, trait: str):
+    """The trait's judge: its trait.yaml `judge:` when set, else the experiment's."""
+    from traitflow.judge import make_judge
+
+    spec = ctx.project.traits[trait].config.judge or ctx.experiment.spec.judge
+    return make_judge(spec, judge_cache_path(ctx), load_variant=ctx.load_model)
+
+
+def run_vetting(ctx: StageContext, trait: str, variant: str) -> dict:
+    from traitflow.extract.vetting import vet_responses
+
+    spec = ctx.experiment.spec.extraction.vetting
+    part = trait_partition(trait, variant)
+    responses = ctx.store.read_json(ctx.path("responses", part))
+    judge = judge_for(ctx, trait) if spec.enabled else None
+    record = vet_responses(responses, ctx.project.traits[trait], spec, judge, ctx.experiment.spec.extraction.positions)
+    path = ctx.path("vetting", part)
+    ctx.store.write_json(path, record)
+    summary = record["summary"]
+    ok = summary["passed_positive"] >= spec.min_per_side and summary["passed_negative"] >= spec.min_per_side
+    return {
+        "path": str(path), **{k: v for k, v in summary.items() if v is not None},
+        "checks": {"min_per_side": Check(
+            ok or not spec.enabled,
+            f"{trait}: {summary['passed_positive']} positive and {summary['passed_negative']} negative replies passed "
+            f"(need {spec.min_per_side} each; {summary['none']} unscored)")},
+    }
+
+
+def read_vetting(ctx: StageContext, trait: str, variant: str) -> dict:
+    return ctx.store.read_json(ctx.path("vetting", trait_partition(trait, variant)))
+
+
+def vetting_passed(ctx: StageContext, trait: str, variant: str) -> bool:
+    """Whether a trait has enough vetted replies on both sides to extract from."""
+    spec = ctx.experiment.spec.extraction.vetting
+    summary = read_vetting(ctx, trait, variant)["summary"]
+    return not spec.enabled or min(summary["passed_positive"], summary["passed_negative"]) >= spec.min_per_side
+
+
 def run_activations(ctx: StageContext, trait: str, variant: str) -> dict:
     from traitflow.extract.capture import capture_trait_activations
     from traitflow.extract.layers import parse_layers
@@ -79,13 +141,23 @@ def run_activations(ctx: StageContext, trait: str, variant: str) -> dict:
     spec = ctx.experiment.spec.extraction
     part = trait_partition(trait, variant)
     responses = ctx.store.read_json(ctx.path("responses", part))
+    vetting = read_vetting(ctx, trait, variant)
+    if not vetting_passed(ctx, trait, variant):
+        s = vetting["summary"]
+        raise TraitflowError(f"{trait} ({variant}): vetting left {s['passed_positive']} positive / {s['passed_negative']} "
+                             f"negative replies, fewer than min_per_side={spec.vetting.min_per_side}; nothing extracted")
+    keep = {(v["side"], v["index"]) for v in vetting["items"] if v["passed"]}
+    responses = {**responses, "items": [it for it in responses["items"] if (it["side"], it["index"]) in keep]}
+    # Positions as written in the spec are the keys; adaptive vetting may narrow a response window.
+    windows = {p: vetting.get("adaptive_positions", {}).get(p, p) for p in spec.positions}
     loaded = ctx.load_model(variant)
     layers = parse_layers(spec.layers, loaded.n_layers)
-    acts = capture_trait_activations(loaded, responses, layers, spec.positions, spec.component, spec.batch_size)
+    acts = capture_trait_activations(loaded, responses, layers, windows, spec.component, spec.batch_size)
     if int(acts.labels.sum()) == 0 or int((acts.labels == 0).sum()) == 0:
         raise TraitflowError(f"{trait} ({variant}): no usable responses on one side; cannot extract a vector")
     tensors, meta = acts.to_tensors()
     meta["input_hashes"] = responses.get("input_hashes", {})
+    meta["vetting"] = {"enabled": vetting["enabled"], "judge": vetting.get("judge"), "kept": len(responses["items"])}
     path = ctx.path("activations", part)
     ctx.store.write_tensors(path, tensors, meta)
     return {"path": str(path), "n": len(acts.labels), "layers": len(layers), "dropped_empty": acts.metadata["dropped_empty"]}
@@ -118,6 +190,7 @@ def run_vectors(ctx: StageContext, trait: str, variant: str) -> dict:
 
 
 def run_extraction_eval(ctx: StageContext, trait: str, variant: str) -> dict:
+    from traitflow.charts import eval_heatmap
     from traitflow.extract.vectors import best_per_position, evaluate_vectors
 
     part = trait_partition(trait, variant)
@@ -134,9 +207,49 @@ def run_extraction_eval(ctx: StageContext, trait: str, variant: str) -> dict:
     }
     path = ctx.path("extraction_eval", part)
     ctx.store.write_json(path, record)
+    chart = eval_heatmap(record["scores"], trait)
+    files = chart.write(path.parent)
+    threshold = ctx.experiment.spec.extraction.min_val_accuracy
     first = best[next(iter(best))]
-    return {"path": str(path), "best_method": first.method, "best_layer": first.layer,
-            "best_val_accuracy": first.val_accuracy, "best_cohens_d": first.cohens_d}
+    return {
+        "path": str(path), "chart_html": str(files["html"]),
+        "best_method": first.method, "best_layer": first.layer,
+        "best_val_accuracy": first.val_accuracy, "best_cohens_d": first.cohens_d,
+        "chart": Markdown(chart.markdown(f"{trait} ({variant})")),
+        "checks": {
+            "polarity": Check(all(s.polarity == 1 for s in best.values()),
+                              f"{trait}: best vectors' held-out polarity " + ", ".join(f"{p} {s.polarity:+d}" for p, s in best.items())),
+            "min_val_accuracy": Check(all(s.val_accuracy >= threshold for s in best.values()),
+                                      f"{trait}: best held-out accuracy " + ", ".join(f"{p} {s.val_accuracy:.3f}" for p, s in best.items())
+                                      + f" (threshold {threshold})"),
+        },
+    }
+
+
+def run_logit_lens(ctx: StageContext, trait: str, variant: str) -> dict:
+    """Top and bottom tokens of the best vector at each position, at every extracted layer."""
+    from traitflow.lens import lens_record, logit_lens
+
+    spec = ctx.experiment.spec.logit_lens
+    vectors = load_vectors(ctx, trait, variant)
+    evaluation = read_extraction_eval(ctx, trait, variant)
+    loaded = ctx.load_model(variant)
+    lenses = []
+    for position, best in evaluation["best"].items():
+        key = (position, best["component"], best["method"])
+        if best["component"] != "residual":
+            continue  # the unembedding reads the residual stream; other sites have no lens
+        norms = vectors.norms.get((position, best["component"]))
+        rows = logit_lens(loaded, vectors.vectors[key], vectors.layers, top_k=spec.top_k, filter_common=spec.filter_common,
+                          scale=None if norms is None else norms.tolist())
+        lenses.append(lens_record(rows, trait, variant, position, best["component"], best["method"]))
+    path = ctx.path("logit_lens", trait_partition(trait, variant))
+    ctx.store.write_json(path, {"trait": trait, "variant": variant, "lenses": lenses})
+    summary: dict[str, Any] = {"path": str(path)}
+    for lens in lenses:
+        last = lens["layers"][-1]
+        summary[f"top tokens {lens['position']} L{last['layer']}"] = " ".join(t for t, _ in last["top"][:8])
+    return summary
 
 
 def read_extraction_eval(ctx: StageContext, trait: str, variant: str) -> dict:
@@ -170,7 +283,7 @@ def monitored_vector(ctx: StageContext, trait: str) -> tuple[str, str, str, int]
             raise TraitflowError(f"{ctx.experiment.path}: inference.method {spec.inference.method!r} was not extracted")
     from traitflow.extract.evaluate import VectorScore, best_score
 
-    best = best_score([VectorScore(**r) for r in rows])
+    best = best_score([VectorScore.from_dict(r) for r in rows])
     return position, best.component, best.method, best.layer
 
 
@@ -196,8 +309,12 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
     exp = ctx.experiment
     responses = ctx.store.read_json(ctx.path("inference_responses", (*prompt_set.split("/"), variant)))
     loaded = ctx.load_model(variant)
-    probes = []
+    probes, skipped = [], []
     for trait in exp.traits:
+        if not ctx.path("extraction_eval", trait_partition(trait, exp.extraction_variant)).exists():
+            skipped.append(trait)  # e.g. vetting left too few replies: there is no vector to monitor
+            ctx.log(f"projections: no vector for {trait} (extraction_eval missing); skipped")
+            continue
         position, component, method, best = monitored_vector(ctx, trait)
         vectors = load_vectors(ctx, trait, exp.extraction_variant)
         layers = inference_layers(exp.spec.inference.layers, loaded.n_layers, best)
@@ -207,7 +324,10 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
         stacked = vectors.vectors[(position, component, method)]
         probes.append(TraitProbe(trait, position, component, method, layers,
                                  stacked[[vectors.layers.index(layer) for layer in layers]]))
+    if not probes:
+        raise TraitflowError(f"{exp.name}: no trait has extracted vectors yet; materialize extraction_eval first")
     record = project_responses(loaded, responses, probes, exp.spec.inference.batch_size)
+    record["skipped_traits"] = skipped
     path = ctx.path("projections", (*prompt_set.split("/"), variant))
     ctx.store.write_json(path, record)
     summary: dict[str, Any] = {"path": str(path), "n_prompts": len(record["items"])}

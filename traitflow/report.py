@@ -13,7 +13,8 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
     traits: dict[str, Any] = {}
     for trait in exp.traits:
         part = trait_partition(trait, variant)
-        materialized = [a for a in ("responses", "activations", "vectors", "extraction_eval") if ctx.path(a, part).exists()]
+        materialized = [a for a in ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens")
+                        if ctx.path(a, part).exists()]
         extraction = None
         if "extraction_eval" in materialized:
             evaluation = ctx.store.read_json(ctx.path("extraction_eval", part))

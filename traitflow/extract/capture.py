@@ -30,14 +30,17 @@ class ActivationSet:
 
 
 def capture_trait_activations(
-    loaded: Any, responses: dict, layers: list[int], positions: list[str], component: str, batch_size: int
+    loaded: Any, responses: dict, layers: list[int], positions: list[str] | dict[str, str], component: str, batch_size: int
 ) -> ActivationSet:
+    """Pooled activations of every response. `positions` maps each key (the position as written in
+    the spec) to the window actually pooled; a plain list pools each position as written."""
     from traitflow.extract.positions import parse_position
     from traitflow.model.hooks import capture_pooled
 
     # An item whose window is empty at some position (e.g. an immediate end-of-sequence reply
     # under `response[:5]`) has nothing to pool; it is left out and counted.
-    parsed = [parse_position(p) for p in positions]
+    windows = dict(positions) if isinstance(positions, dict) else {p: p for p in positions}
+    parsed = [parse_position(w) for w in windows.values()]
     items, dropped = [], 0
     for it in responses["items"]:
         plen, rlen = len(it["prompt_ids"]), len(it["response_ids"])
@@ -46,11 +49,13 @@ def capture_trait_activations(
         else:
             dropped += 1
     sequences = [(it["prompt_ids"], it["response_ids"]) for it in items]
-    acts = capture_pooled(loaded, sequences, layers, positions, component=component, batch_size=batch_size)
+    pooled = capture_pooled(loaded, sequences, layers, list(dict.fromkeys(windows.values())), component=component, batch_size=batch_size)
+    acts = {key: pooled[window] for key, window in windows.items()}
     labels = torch.tensor([1 if it["side"] == "positive" else 0 for it in items], dtype=torch.int64)
     if responses.get("paired"):
         groups = torch.tensor([it["index"] for it in items], dtype=torch.int64)
     else:
         groups = torch.arange(len(items), dtype=torch.int64)
-    meta = {"trait": responses["trait"], "variant": responses["variant"], "model": responses["model"], "dropped_empty": dropped}
+    meta = {"trait": responses["trait"], "variant": responses["variant"], "model": responses["model"], "dropped_empty": dropped,
+            "windows": windows, "paired": bool(responses.get("paired"))}
     return ActivationSet(acts, labels, groups, list(layers), component, meta)

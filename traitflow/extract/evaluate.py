@@ -17,8 +17,19 @@ class VectorScore:
     polarity: int  # +1 when held-out positives project higher than negatives, else -1
     n_val: int
 
+    @property
+    def combined(self) -> float:
+        """One number per vector in [0, 1]: the mean of held-out accuracy and Cohen's d scaled so
+        that d >= 4 counts fully (d <= 0, the wrong polarity, adds nothing)."""
+        d = self.cohens_d if self.cohens_d == self.cohens_d else 0.0
+        return 0.5 * self.val_accuracy + 0.5 * min(1.0, max(0.0, d / 4.0))
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "combined": self.combined}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "VectorScore":
+        return cls(**{k: v for k, v in row.items() if k != "combined"})
 
 
 def auroc(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> float:

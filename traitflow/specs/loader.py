@@ -49,11 +49,42 @@ class Experiment:
     def inference_variants(self) -> list[str]:
         return list(self.spec.inference.variants) or list(self.variants)
 
-    def section_hash(self, *sections: str) -> str:
-        """Hash of the named spec sections (and the variants they use): a code version."""
-        payload = {s: _dump(getattr(self.spec, s)) for s in sections}
-        payload["variants"] = {k: v.model_dump(mode="json") for k, v in sorted(self.variants.items())}
+    def code_version(self, asset: str) -> str:
+        """Content hash of the spec fields an asset depends on, chained through its upstream assets,
+        so a change shows as stale exactly where it matters (e.g. a new vetting threshold re-filters
+        and re-extracts, but does not regenerate responses)."""
+        fields = ASSET_SPEC_FIELDS[asset]
+        payload: dict[str, Any] = {}
+        for dotted_path in fields:
+            value: Any = self.spec
+            for part in dotted_path.split("."):
+                value = getattr(value, part)
+            payload[dotted_path] = _dump(value)
+        if asset in ("responses", "inference_responses", "calibration"):
+            payload["variants"] = {k: v.model_dump(mode="json", exclude={"name"}) for k, v in sorted(self.variants.items())}
+        payload["upstream"] = [self.code_version(up) for up in ASSET_UPSTREAM.get(asset, [])]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Which spec fields each asset reads, and which assets feed it (for chained code versions).
+ASSET_SPEC_FIELDS: dict[str, list[str]] = {
+    "responses": ["extraction.max_new_tokens"],
+    "vetting": ["judge", "extraction.vetting"],
+    "activations": ["extraction.position", "extraction.component", "extraction.layers"],
+    "vectors": ["extraction.methods", "extraction.val_split", "extraction.seed", "extraction.clean_massive_dims"],
+    "extraction_eval": ["extraction.min_val_accuracy"],
+    "logit_lens": ["logit_lens"],
+    "inference_responses": ["inference.max_new_tokens"],
+    "projections": ["inference.layers", "inference.position", "inference.method"],
+}
+ASSET_UPSTREAM: dict[str, list[str]] = {
+    "vetting": ["responses"],
+    "activations": ["vetting"],
+    "vectors": ["activations"],
+    "extraction_eval": ["vectors"],
+    "logit_lens": ["extraction_eval"],
+    "projections": ["inference_responses", "extraction_eval"],
+}
 
 
 @dataclass
