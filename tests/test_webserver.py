@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -156,3 +157,35 @@ def test_run_launched_through_graphql_succeeds(webserver, project_root):
         time.sleep(1)
     assert status == "SUCCESS"
     assert target.stat().st_mtime_ns > before
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+def test_chart_is_visible_in_the_ui(webserver, tmp_path):
+    """In a real browser: the extraction_eval partition page's "[Show Markdown]" opens the heatmap."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(f"http://127.0.0.1:{webserver}/assets/t/extraction_eval?view=partitions&partition=starter%2Foptimism%7Cchat")
+            page.get_by_text("Show Markdown").first.wait_for(timeout=30_000)
+            skip = page.get_by_role("button", name="Skip")  # Dagster's first-visit newsletter dialog
+            if skip.count():
+                skip.first.click()
+            page.get_by_text("Show Markdown").first.click()
+            image = page.locator("img[src^='data:image/png']").first
+            image.wait_for(state="visible", timeout=10_000)
+            width, height, shown = image.evaluate("i => [i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]")
+            page.screenshot(path=str(tmp_path / "chart.png"))
+        finally:
+            browser.close()
+    assert width > 200 and height > 100 and shown > 200

@@ -1,4 +1,4 @@
-"""`traitflow` command: validate, schema, run, report.
+"""`traitflow` command: validate, schema, run, report, export.
 
 User mistakes print one line each (no traceback) and exit 2.
 """
@@ -76,6 +76,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
     p.set_defaults(handler=cmd_report)
+
+    p = with_root(sub.add_parser("export", help="export trait vectors to other tools (llama.cpp control vectors)"))
+    p.add_argument("format", choices=["gguf"], help="gguf: a llama.cpp control vector")
+    p.add_argument("experiment")
+    p.add_argument("--trait", required=True, help="trait, e.g. toy/optimism")
+    p.add_argument("--variant", default=None, help="default: the experiment's extraction variant")
+    p.add_argument("--position", default=None, help="default: the first extraction position")
+    p.add_argument("--method", default=None, help="default: the best method at that position (extraction_eval)")
+    p.add_argument("--layers", default=None, help="layer DSL, e.g. 3 or 2-4 or best (direction.N = layer N); default: every extracted layer but 0")
+    p.add_argument("--coefficient", type=float, default=1.0, help="multiplies the unit vectors (activation units)")
+    p.add_argument("--model-hint", default=None, help="controlvector.model_hint (default: the model's model_type)")
+    p.add_argument("--out", type=Path, default=None, help="default: <trait>-<variant>-<method>.gguf in the current folder")
+    p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
+    p.set_defaults(handler=cmd_export)
     return parser
 
 
@@ -130,6 +144,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     project = load_project(args.root, experiments=[args.experiment])
     report = build_report(project, args.experiment, storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from traitflow.export import export_experiment_gguf
+    from traitflow.specs.loader import load_project
+
+    project = load_project(args.root, experiments=[args.experiment])
+    result = export_experiment_gguf(
+        project, args.experiment, args.trait, variant=args.variant, position=args.position, method=args.method,
+        layers=args.layers, coefficient=args.coefficient, out=args.out, model_hint=args.model_hint,
+        storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"))
+    print(f"wrote {result.path}: {result.trait} ({result.variant}) {result.position} {result.method}, "
+          f"layers {','.join(map(str, result.layers))}, coefficient {args.coefficient:g}")
+    if result.best_layer is not None:
+        print(f"best layer by extraction_eval: {result.best_layer} "
+              f"(llama.cpp: --control-vector-layer-range {result.best_layer} {result.best_layer})")
     return 0
 
 
