@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps steering-vectors==0.12.2 repeng==0.4.0
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml:

@@ -39,11 +39,12 @@ def build_resources(root: Path) -> dict:
     }
 
 
-def build_defs(project: Project) -> dg.Definitions:
+def build_defs(project: Project, loggers: dict | None = None) -> dg.Definitions:
+    """The Definitions of every experiment; `loggers` replaces Dagster's console logger (the CLI runner's)."""
     assets, jobs, sensors = [], [], []
     for exp in project.experiments.values():
         a, j, s = build_experiment(project, exp)
         assets += a
         jobs += j
         sensors += s
-    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources=build_resources(project.root))
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources=build_resources(project.root), loggers=loggers)

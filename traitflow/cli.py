@@ -132,6 +132,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     project = load_project(args.root, experiments=[args.experiment])
     if args.storage:
         os.environ["TRAITFLOW_STORAGE"] = args.storage
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; traitflow prints its own progress
     summary = run_experiment(project, args.experiment, stages=args.stages.split(","), trait_glob=args.traits)
     print(summary)
     return 0

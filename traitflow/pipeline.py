@@ -181,7 +181,8 @@ def run_vectors(ctx: StageContext, trait: str, variant: str) -> dict:
     spec = ctx.experiment.spec.extraction
     part = trait_partition(trait, variant)
     acts = _load_activations(ctx, part)
-    vectors = extract_vectors(acts, list(spec.methods), spec.val_split, spec.seed, acts.metadata.get("input_hashes", {}))
+    vectors = extract_vectors(acts, list(spec.methods), spec.val_split, spec.seed, acts.metadata.get("input_hashes", {}),
+                              clean_massive=spec.clean_massive_dims)
     tensors, meta = vectors.to_tensors()
     path = ctx.path("vectors", part)
     ctx.store.write_tensors(path, tensors, meta)

@@ -67,16 +67,51 @@ class VectorSet:
         return out
 
 
-def _split_sides(activations: ActivationSet, idx: torch.Tensor, pos: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_sides(
+    activations: ActivationSet, idx: torch.Tensor, pos: str, paired: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive and negative rows among ``idx``.
+
+    With ``paired``, both sides are sorted by group (pair index) and only groups present on both
+    sides are kept (first row of a group per side), so ``pos[i]`` and ``neg[i]`` are one pair.
+    """
     acts, labels = activations.acts[pos].float()[idx], activations.labels[idx]
-    return acts[labels == 1], acts[labels == 0]
+    if not paired:
+        return acts[labels == 1], acts[labels == 0]
+    groups = activations.groups[idx].tolist()
+    first: dict[int, dict[int, int]] = {1: {}, 0: {}}
+    for row, (label, group) in enumerate(zip(labels.tolist(), groups, strict=True)):
+        first[int(label)].setdefault(int(group), row)
+    common = sorted(set(first[1]) & set(first[0]))
+    rows_pos = torch.tensor([first[1][g] for g in common], dtype=torch.long)
+    rows_neg = torch.tensor([first[0][g] for g in common], dtype=torch.long)
+    return acts[rows_pos], acts[rows_neg]
 
 
 def extract_vectors(
-    activations: ActivationSet, methods: list[str], val_split: float, seed: int, input_hashes: dict[str, str]
+    activations: ActivationSet,
+    methods: list[str],
+    val_split: float,
+    seed: int,
+    input_hashes: dict[str, str],
+    clean_massive: bool = False,
 ) -> VectorSet:
-    """Fit every method at every layer on the training split (the held-out split stays unseen)."""
+    """Fit every method at every layer on the training split (the held-out split stays unseen).
+
+    Paired data (``activations.metadata["paired"]``, or groups shared by both sides when that is
+    not recorded) are fitted with ``paired=True`` on the complete training pairs, aligned by group.
+    With ``clean_massive``, each layer's massive dimensions (:func:`~traitflow.extract.massive.find_massive_dims`
+    on the training rows of every position) are zeroed before fitting; they are recorded in
+    ``metadata["massive_dims"]`` as ``{str(layer): [dims]}`` and the vectors have zeros there.
+    Baselines, training accuracy and norms use every training row.
+    """
+    from traitflow.extract.massive import clean_massive_dims, find_massive_dims
+
     train_idx, val_idx = split_indices(activations.labels, activations.groups, val_split, seed)
+    paired = activations.metadata.get("paired")
+    if paired is None:  # not recorded (older artifacts): paired when some group has rows on both sides
+        paired = bool(set(activations.groups[activations.labels == 1].tolist()) & set(activations.groups[activations.labels == 0].tolist()))
+    paired = bool(paired)
     metadata = {
         **activations.metadata,
         "component": activations.component,
@@ -87,19 +122,34 @@ def extract_vectors(
         "seed": seed,
         "n_train": len(train_idx),
         "n_val": len(val_idx),
+        "paired": paired,
+        "clean_massive_dims": clean_massive,
         "traitflow_version": __version__,
         "input_hashes": input_hashes,
     }
+    massive: dict[int, list[int]] = {}
+    if clean_massive:
+        for li in range(len(activations.layers)):
+            rows = torch.cat([activations.acts[pos][train_idx, li].float() for pos in activations.acts])
+            massive[li] = find_massive_dims(rows)
+        metadata["massive_dims"] = {str(layer): massive[li] for li, layer in enumerate(activations.layers)}
     result = VectorSet(layers=list(activations.layers), metadata=metadata)
     comp = activations.component
     for pos in activations.acts:
         train_pos, train_neg = _split_sides(activations, train_idx, pos)
+        fit_pos, fit_neg = _split_sides(activations, train_idx, pos, paired=True) if paired else (train_pos, train_neg)
+        fit_paired = paired and len(fit_pos) > 0
+        if not fit_paired:  # no complete pair left in the training split: fit the sides as unpaired
+            fit_pos, fit_neg = train_pos, train_neg
         result.norms[(pos, comp)] = torch.cat([train_pos, train_neg]).norm(dim=-1).mean(0)
         for method in methods:
             fit = get_method(method)
             vecs, bases, accs = [], [], []
             for li in range(len(activations.layers)):
-                vector = fit(train_pos[:, li], train_neg[:, li], seed=seed)
+                layer_pos, layer_neg = fit_pos[:, li], fit_neg[:, li]
+                if massive.get(li):
+                    layer_pos, layer_neg = clean_massive_dims(layer_pos, massive[li]), clean_massive_dims(layer_neg, massive[li])
+                vector = fit(layer_pos, layer_neg, seed=seed, paired=fit_paired)
                 p, n = train_pos[:, li] @ vector, train_neg[:, li] @ vector
                 threshold = float((p.mean() + n.mean()) / 2)
                 vecs.append(vector)

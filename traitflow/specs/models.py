@@ -36,6 +36,7 @@ class JudgeSpec(Strict):
     max_concurrency: int = Field(8, ge=1)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0, description="Wait before the first retry; each further retry doubles it.")
 
 
 # --------------------------------------------------------------------------- traits

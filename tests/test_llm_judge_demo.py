@@ -1,0 +1,88 @@
+"""The demo's vetting with an LLM judge over HTTP (litellm → a local OpenAI-compatible server):
+it filters replies by the judge's logprob scores, and a second run makes no judge calls."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.runner import run_experiment
+from tests.judge_server import Behaviour, judge_server_fixture  # noqa: F401 - provides `judge_server`
+from traitflow.specs.loader import load_project
+
+REPO = Path(__file__).resolve().parents[1]
+
+EXPERIMENT = """\
+name: llmjudge
+variants:
+  chat: toy-chat
+traits: [toy/optimism]
+judge: {{model: openai/test-judge, api_base: "{url}", max_retries: 1, backoff_s: 0.01, timeout_s: 10}}
+extraction:
+  position: "prompt[-1]"
+  methods: [mean_diff]
+  max_new_tokens: 8
+  vetting: {{enabled: true, min_per_side: 5}}
+"""
+
+
+@pytest.fixture()
+def llm_project(tmp_path, judge_server, monkeypatch) -> Path:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    root = tmp_path / "proj"
+    shutil.copytree(REPO / "specs" / "models", root / "specs" / "models")
+    shutil.copytree(REPO / "datasets" / "models", root / "datasets" / "models")
+    shutil.copytree(REPO / "datasets" / "traits" / "toy" / "optimism", root / "datasets" / "traits" / "toy" / "optimism")
+    (root / "specs" / "experiments").mkdir(parents=True)
+    (root / "specs" / "experiments" / "llmjudge.yaml").write_text(EXPERIMENT.format(url=judge_server.url))
+    # The judge sees the reply's first words: optimistic replies score high, pessimistic ones low,
+    # and the optimistic replies about chess get no confident score at all (mass 0.1 < 0.25).
+    judge_server.rule("news! The future of chess", Behaviour(distribution={"foo": 0.9, "85": 0.1}))
+    judge_server.rule("Great news! The", Behaviour(distribution={"90": 0.7, "80": 0.3}))
+    judge_server.rule("looks hopeless", Behaviour(distribution={"10": 0.6, "20": 0.4}))
+    judge_server.default = Behaviour(distribution={"50": 1.0})
+    return root
+
+
+def test_llm_judge_vets_and_second_run_is_free(llm_project, judge_server):
+    project = load_project(llm_project)
+    instance = dg.DagsterInstance.ephemeral()
+    run_experiment(project, "llmjudge", stages=["extraction"], instance=instance)
+    first_calls = judge_server.count
+    assert first_calls > 0
+    vetting = json.loads((llm_project / "experiments/llmjudge/vetting/toy/optimism/chat/vetting.json").read_text())
+    assert vetting["judge"] == "openai/test-judge"
+    by_side = {"positive": [], "negative": []}
+    for item in vetting["items"]:
+        by_side[item["side"]].append(item)
+    # Scores are the probability-weighted means of the integer tokens: 87 for "Great", 14 for "Sadly".
+    scores = {round(i["score"], 6) for i in vetting["items"] if i["score"] is not None}
+    assert scores <= {87.0, 14.0, 50.0}
+    unscored = [i for i in vetting["items"] if i["score"] is None]
+    assert unscored and all(not i["passed"] for i in unscored)
+    assert vetting["summary"]["none"] == len(unscored)
+    assert vetting["summary"]["passed_positive"] == sum(1 for i in by_side["positive"] if i["score"] == 87.0)
+    assert vetting["summary"]["passed_negative"] == sum(1 for i in by_side["negative"] if i["score"] == 14.0)
+    from safetensors import safe_open
+
+    with safe_open(str(llm_project / "experiments/llmjudge/activations/toy/optimism/chat/activations.safetensors"), "pt") as f:
+        kept = f.get_tensor("labels").numel()
+    assert kept == vetting["summary"]["passed_positive"] + vetting["summary"]["passed_negative"] < 100
+
+    # Re-materializing vetting (e.g. after a threshold change) re-scores from the cache: no calls.
+    run_experiment(load_project(llm_project), "llmjudge", stages=["vetting"], instance=instance)
+    assert judge_server.count == first_calls
+
+
+def test_unreachable_judge_is_one_line(llm_project, judge_server, capsys):
+    from traitflow.cli import main
+
+    spec = llm_project / "specs" / "experiments" / "llmjudge.yaml"
+    spec.write_text(spec.read_text().replace(judge_server.url, "http://127.0.0.1:9"))
+    code = main(["run", "llmjudge", "--root", str(llm_project), "--stages", "extraction"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unreachable" in err and "sk-test" not in err
+    assert len(err.strip().splitlines()) == 1
