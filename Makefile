@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# demo and ui share one Dagster instance, so the demo's runs show in the UI; tests make their own.
+demo ui: export DAGSTER_HOME := $(DAGSTER_HOME)
 
 .PHONY: setup demo test bench ui toy lint clean
 

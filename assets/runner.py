@@ -71,7 +71,13 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     if not traits:
         raise TraitflowError(f"--traits {trait_glob!r} matches none of {exp.traits}")
     if instance is None:
-        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+        home = os.environ.get("DAGSTER_HOME")
+        if home and not os.path.isdir(home):
+            # Dagster insists the folder exists; start a fresh instance there (without the telemetry banner).
+            os.makedirs(home)
+            with open(os.path.join(home, "dagster.yaml"), "w") as config:
+                config.write("telemetry:\n  enabled: false\n")
+        instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
     asset_job = defs.resolve_implicit_global_asset_job_def()
     done: list[str] = []
     started = time.monotonic()
