@@ -176,11 +176,18 @@ def test_chart_is_visible_in_the_ui(webserver, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(f"http://127.0.0.1:{webserver}/assets/t/extraction_eval?view=partitions&partition=starter%2Foptimism%7Cchat")
-            page.get_by_text("Show Markdown").first.wait_for(timeout=30_000)
-            skip = page.get_by_role("button", name="Skip")  # Dagster's first-visit newsletter dialog
-            if skip.count():
-                skip.first.click()
-            page.get_by_text("Show Markdown").first.click()
+            link = page.get_by_text("Show Markdown").first
+            link.wait_for(timeout=30_000)
+            for _ in range(10):
+                # Dagster's first-visit newsletter dialog may pop up over the page at any moment.
+                skip = page.get_by_role("button", name="Skip")
+                if skip.count() and skip.first.is_visible():
+                    skip.first.click()
+                try:
+                    link.click(timeout=3_000)
+                    break
+                except Exception:  # covered by the dialog: dismiss it and try again
+                    page.keyboard.press("Escape")
             image = page.locator("img[src^='data:image/png']").first
             image.wait_for(state="visible", timeout=10_000)
             width, height, shown = image.evaluate("i => [i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]")
