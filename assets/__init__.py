@@ -11,6 +11,7 @@ import dagster as dg
 
 from assets.extraction import build_extraction_assets
 from assets.inference import build_inference_assets
+from assets.steering import build_steering_assets
 from assets.sources import dataset_change_sensor, observe_jobs, prompt_source, trait_source
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.specs.loader import Experiment, Project
@@ -20,12 +21,12 @@ def build_experiment(project: Project, exp: Experiment) -> tuple[list, list, lis
     """(assets, jobs, sensors) of one experiment."""
     traits = trait_source(project, exp)
     extraction = build_extraction_assets(project, exp, traits)
-    assets: list = [traits, *extraction]
+    by_name = {a.key.path[-1]: a for a in extraction}
+    vectors, extraction_eval = by_name["vectors"], by_name["extraction_eval"]
+    assets: list = [traits, *extraction, *build_steering_assets(project, exp, vectors, extraction_eval)]
     sources = [traits]
     prompts = prompt_source(project, exp)
     if prompts is not None:
-        by_name = {a.key.path[-1]: a for a in extraction}
-        vectors, extraction_eval = by_name["vectors"], by_name["extraction_eval"]
         assets += [prompts, *build_inference_assets(project, exp, prompts, extraction_eval, vectors)]
         sources.append(prompts)
     jobs = observe_jobs(exp, sources)

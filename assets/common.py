@@ -46,7 +46,7 @@ def for_each_partition(
     keys = context.partition_keys
     checks: dict[str, list[tuple[str, Check]]] = {}
     for number, key in enumerate(keys, start=1):
-        dims = split_key(partitions_def, key)
+        dims = split_key(partitions_def, key) if isinstance(partitions_def, dg.MultiPartitionsDefinition) else {"trait": key}
         context.log.info(f"[{number}/{len(keys)}] {context.asset_key.to_user_string()} {key}")
         numbers = stage(ctx, **dims)
         for name, check in numbers.pop("checks", {}).items():

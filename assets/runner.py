@@ -20,6 +20,8 @@ from traitflow.specs.loader import Project
 STAGES = {
     "generation": ["responses", "vetting"],
     "extraction": ["activations", "vectors", "extraction_eval", "logit_lens"],
+    "steering": ["steering"],
+    "selection": ["best_vector"],
     "inference": ["inference_responses", "projections"],
 }
 # `--stages extraction` means the whole extraction chain, generation included.
@@ -92,14 +94,14 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
             continue
         partitions_def = by_name[selected[0]].partitions_def
         keys = partitions_def.get_partition_keys()
-        if stage in ("generation", "extraction"):
-            wanted = {k for k in keys if partitions_def.get_partition_key_from_str(k).keys_by_dimension["trait"] in traits}
-            if stage == "extraction":
+        if stage in ("generation", "extraction", "steering", "selection"):
+            wanted = {k for k in keys if _trait_of(partitions_def, k) in traits}
+            if stage in ("extraction", "steering", "selection"):
                 # Traits whose vetting left too few replies stop here (their check failed), the rest go on.
                 failed = [t for t in traits if not _vetting_passed(project, experiment, t)]
-                for trait in failed:
+                for trait in failed if stage == "extraction" else []:
                     print(f"  skipping {trait}: too few replies passed vetting (see {experiment}/vetting)", flush=True)
-                wanted = {k for k in wanted if partitions_def.get_partition_key_from_str(k).keys_by_dimension["trait"] not in failed}
+                wanted = {k for k in wanted if _trait_of(partitions_def, k) not in failed}
         else:
             wanted = set(keys)
         for start, end in _contiguous_ranges(keys, wanted):
@@ -151,3 +153,9 @@ def _vetting_passed(project: Project, experiment: str, trait: str) -> bool:
 def _only_blocking_checks_failed(result) -> bool:
     failures = [e for e in result.all_events if e.is_step_failure]
     return bool(failures) and all(e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError" for e in failures)
+
+
+def _trait_of(partitions_def, key: str) -> str:
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return partitions_def.get_partition_key_from_str(key).keys_by_dimension["trait"]
+    return key

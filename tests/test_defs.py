@@ -25,7 +25,7 @@ def by_key(defs: dg.Definitions) -> dict[str, dg.AssetsDefinition]:
 def test_asset_graph_shape(tmp_path):
     root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
     assets = by_key(defs_for(root))
-    expected = {"exp/trait_datasets", "exp/responses", "exp/vetting", "exp/logit_lens", "exp/activations", "exp/vectors", "exp/extraction_eval",
+    expected = {"exp/trait_datasets", "exp/responses", "exp/vetting", "exp/logit_lens", "exp/steering", "exp/best_vector", "exp/activations", "exp/vectors", "exp/extraction_eval",
                 "exp/prompt_sets", "exp/inference_responses", "exp/projections"}
     assert expected == set(assets)
     responses = assets["exp/responses"]
@@ -59,7 +59,8 @@ def test_code_versions_follow_the_spec_fields_each_asset_reads(tmp_path):
         return {k for k in before if before[k] != after[k]}
 
     assert changed_by('layers: "best,best+2"', 'layers: "best"') == {"exp/projections"}
-    extraction_chain = {"exp/activations", "exp/vectors", "exp/extraction_eval", "exp/logit_lens", "exp/projections"}
+    extraction_chain = {"exp/activations", "exp/vectors", "exp/extraction_eval", "exp/logit_lens", "exp/projections",
+                        "exp/steering", "exp/best_vector"}
     assert changed_by('layers: "30%-60%"', 'layers: "all"') == extraction_chain
     # A new vetting threshold re-filters (and re-extracts) but never regenerates responses.
     assert changed_by("extraction: {", "extraction: {vetting: {pos_threshold: 70}, ") == {"exp/vetting"} | extraction_chain

@@ -11,7 +11,7 @@ from traitflow.model.arch import decoder_layers
 from traitflow.model.hooks import add_hooks, left_pad_batch, model_lock, output_tensor, project_tokens
 from traitflow.model.loading import load_model
 from traitflow.specs.models import ModelSpec
-from traitflow.steer import Ablate, Cap, StepState, Steer, intervene
+from traitflow.steer import Ablate, Cap, Steer, StepState, intervene
 
 HIDDEN = 64
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21], [22, 23, 24, 25]]
@@ -40,7 +40,11 @@ def _block_outputs(loaded, prompts, configs=None, row_config=None, use_cache=Fal
 
     def forward():
         return loaded.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=use_cache, **kwargs
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=use_cache,
+            **kwargs,
         )
 
     with torch.inference_mode():
@@ -116,11 +120,13 @@ def test_decode_step_position_sets(tiny_loaded):
     for positions, decode_steered in [("prompt", False), ("response", True), ("all", True)]:
         raw: list[torch.Tensor] = []
         out: list[torch.Tensor] = []
-        with torch.inference_mode(), add_hooks([(block, lambda m, i, o: raw.append(output_tensor(o).clone()))]):
+        with torch.inference_mode(), add_hooks([(block, lambda m, i, o, raw=raw: raw.append(output_tensor(o).clone()))]):
             with intervene(loaded, [(Steer(v, 1, 4.0, positions),)], [0, 0], [len(p) for p in prompts]) as state:
-                with add_hooks([(block, lambda m, i, o: out.append(output_tensor(o).clone()))]):
+                with add_hooks([(block, lambda m, i, o, out=out: out.append(output_tensor(o).clone()))]):
                     first = loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=True)
-                    loaded.model(input_ids=torch.tensor([[40], [41]]), attention_mask=step_mask, past_key_values=first.past_key_values)
+                    loaded.model(
+                        input_ids=torch.tensor([[40], [41]]), attention_mask=step_mask, past_key_values=first.past_key_values
+                    )
         assert isinstance(state, StepState)
         assert (state.forwards, state.seen, state.width) == (2, width + 1, width)
         assert raw[1].shape[1] == 1
@@ -218,8 +224,15 @@ def test_composition_applies_in_order(tiny_loaded):
     _, ref, _ = _block_outputs(loaded, PROMPTS)
     for row, pad in enumerate(batch.pads):
         assert (steer_then_ablate[1][row, pad:] @ u).abs().max() < 1e-5
-        torch.testing.assert_close(ablate_then_steer[1][row, pad:] @ u, torch.full((batch.input_ids.shape[1] - pad,), 6.0), atol=1e-5, rtol=0)
-        torch.testing.assert_close(two_steers[1][row, pad:] - ref[1][row, pad:], (6.0 * u - 2.0 * _unit(w)).expand(batch.input_ids.shape[1] - pad, -1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            ablate_then_steer[1][row, pad:] @ u, torch.full((batch.input_ids.shape[1] - pad,), 6.0), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            two_steers[1][row, pad:] - ref[1][row, pad:],
+            (6.0 * u - 2.0 * _unit(w)).expand(batch.input_ids.shape[1] - pad, -1),
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_rows_with_different_configs_match_each_config_alone(tiny_loaded):

@@ -78,3 +78,36 @@ def eval_heatmap(scores: list[dict], trait: str) -> RenderedChart:
                                 _heatmap(subset, "cohens_d", None, "magma")).resolve_scale(color="independent"))
     chart = alt.vconcat(*rows).properties(title=f"{trait}: held-out evaluation per method x layer")
     return render(chart, "eval_heatmap")
+
+
+def steering_chart(log_entries: list[dict], trait: str) -> RenderedChart:
+    """Trait and coherence against the coefficient multiplier, one line per layer, plus the best
+    valid delta per layer; the baseline as a rule."""
+    import altair as alt
+
+    baseline = next((e["result"] for e in log_entries if e.get("type") == "baseline"), {})
+    rows = []
+    for entry in log_entries:
+        if entry.get("type") is not None or "config" not in entry:
+            continue
+        v, r = entry["config"]["vectors"][0], entry["result"]
+        for metric in ("trait_mean", "coherence_mean"):
+            if r.get(metric) is not None:
+                rows.append({"layer": f"L{v['layer']}", "multiplier": v["multiplier"], "metric": metric.replace("_mean", ""),
+                             "value": r[metric]})
+    lines = alt.Chart(alt.Data(values=rows)).mark_line(point=True).encode(
+        x=alt.X("multiplier:Q", title="coefficient / layer norm"),
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 100])),
+        color=alt.Color("layer:N"),
+        tooltip=["layer:N", "multiplier:Q", "value:Q"],
+    ).properties(width=220, height=160)
+    panels = []
+    for metric in ("trait", "coherence"):
+        panel = lines.transform_filter(alt.datum.metric == metric).properties(title=metric)
+        base_value = baseline.get(f"{metric}_mean")
+        if base_value is not None:
+            rule = alt.Chart(alt.Data(values=[{"value": base_value}])).mark_rule(strokeDash=[4, 4], color="gray").encode(y="value:Q")
+            panel = panel + rule
+        panels.append(panel)
+    chart = alt.hconcat(*panels).properties(title=f"{trait}: steering search (dashed: unsteered)")
+    return render(chart, "steering_search")

@@ -5,6 +5,7 @@ metadata. They know nothing of Dagster: the asset bodies in `assets/` are a loop
 keys calling these, and tests call them directly.
 """
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ FILES = {
     "vectors": "vectors.safetensors",
     "extraction_eval": "extraction_eval.json",
     "logit_lens": "logit_lens.json",
+    "steering": "summary.json",
+    "best_vector": "best_vector.json",
     "inference_responses": "responses.json",
     "projections": "projections.json",
 }
@@ -255,6 +258,99 @@ def run_logit_lens(ctx: StageContext, trait: str, variant: str) -> dict:
 
 def read_extraction_eval(ctx: StageContext, trait: str, variant: str) -> dict:
     return ctx.store.read_json(ctx.path("extraction_eval", trait_partition(trait, variant)))
+
+
+# --------------------------------------------------------------------------- steering
+def steering_setup(ctx: StageContext, trait: str, variant: str, loaded: Any):
+    """Which vectors steer a trait, at which layers and scales, on which questions."""
+    from traitflow.extract.layers import parse_layers
+    from traitflow.steer.run import SteeringSetup
+
+    exp, spec = ctx.experiment, ctx.experiment.spec.steering
+    dataset = ctx.project.traits[trait]
+    if dataset.steering is None:
+        raise TraitflowError(f"{dataset.folder}: steering.json is missing; the steering stage needs its questions")
+    source = exp.extraction_variant
+    position = spec.position or exp.spec.extraction.positions[0]
+    evaluation = read_extraction_eval(ctx, trait, source)
+    if position not in evaluation["best"]:
+        raise TraitflowError(f"{exp.path}: steering.position {position!r} is not among extraction.position")
+    method = spec.method or evaluation["best"][position]["method"]
+    component = evaluation["best"][position]["component"]
+    vectors = load_vectors(ctx, trait, source)
+    if (position, component, method) not in vectors.vectors:
+        raise TraitflowError(f"{exp.path}: steering.method {method!r} was not extracted")
+    layers = [layer for layer in parse_layers(spec.layers, loaded.n_layers) if layer in vectors.layers]
+    if not layers:
+        raise TraitflowError(f"{exp.path}: steering.layers {spec.layers!r} selects no extracted layer")
+    stacked = vectors.vectors[(position, component, method)]
+    norms = vectors.norms[(position, component)]
+    return SteeringSetup(
+        trait=dataset, variant=variant, questions=dataset.steering.questions[: spec.search.questions],
+        position=position, component=component, method=method, layers=layers,
+        vectors={layer: stacked[vectors.layers.index(layer)] for layer in layers},
+        norms={layer: float(norms[vectors.layers.index(layer)]) for layer in layers},
+        direction=1 if dataset.direction == "positive" else -1,
+        max_new_tokens=spec.search.max_new_tokens, batch_size=spec.search.batch_size,
+        vector_source={"model": vectors.metadata.get("model", {}), "experiment": exp.name, "trait": trait, "variant": source},
+    )
+
+
+def run_steering_stage(ctx: StageContext, trait: str, variant: str) -> dict:
+    from traitflow.charts import steering_chart
+    from traitflow.steer.run import run_steering
+    from traitflow.steer.search import Schedule
+
+    search = ctx.experiment.spec.steering.search
+    loaded = ctx.load_model(variant)
+    setup = steering_setup(ctx, trait, variant, loaded)
+    schedule = Schedule(steps=search.steps, start=search.start, up=search.up, down=search.down,
+                        coherence_target=search.coherence_target)
+    folder = ctx.path("steering", trait_partition(trait, variant)).parent
+    summary = run_steering(loaded, judge_for(ctx, trait), setup, schedule, search.min_coherence, folder,
+                           header_extra={"experiment": ctx.experiment.name}, log=ctx.log)
+    chart = steering_chart([json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()], trait)
+    files = chart.write(folder)
+    best = summary["best"] or {}
+    return {
+        "path": str(folder / "summary.json"), "results_log": str(folder / "results.jsonl"), "chart_html": str(files["html"]),
+        "baseline_trait": summary["baseline"]["trait_mean"], "baseline_coherence": summary["baseline"]["coherence_mean"],
+        "best_delta": best.get("delta"), "best_layer": best.get("layer"), "best_coefficient": best.get("coefficient"),
+        "best_coherence": best.get("coherence_mean"), "runs": summary["runs"],
+        "chart": Markdown(chart.markdown(f"{trait} steered on {variant}")),
+    }
+
+
+def run_best_vector(ctx: StageContext, trait: str) -> dict:
+    from traitflow.steer.select import choose_best_vector
+
+    exp = ctx.experiment
+    summaries = {}
+    for variant in steering_variants(exp):
+        path = ctx.path("steering", trait_partition(trait, variant))
+        if path.exists():
+            summaries[variant] = ctx.store.read_json(path)
+    evaluation = read_extraction_eval(ctx, trait, exp.extraction_variant)
+    choice = choose_best_vector(trait, summaries, evaluation, exp.spec.extraction.positions[0], exp.extraction_variant)
+    path = ctx.store.path(exp.name, "best_vector", tuple(trait.split("/")), FILES["best_vector"])
+    ctx.store.write_json(path, choice)
+    threshold = exp.spec.steering.min_delta
+    delta = choice.get("delta")
+    numbers = {k: v for k, v in choice.items() if isinstance(v, (int, float, str)) and v is not None}
+    numbers["path"] = str(path)
+    numbers["checks"] = {"min_delta": Check(
+        delta is not None and delta >= threshold,
+        f"{trait}: best steering delta {delta if delta is None else round(delta, 1)} (threshold {threshold}; rule: {choice['rule']})")}
+    return numbers
+
+
+def steering_variants(exp: Experiment) -> list[str]:
+    return list(exp.spec.steering.variants) or [exp.extraction_variant]
+
+
+def read_best_vector(ctx: StageContext, trait: str) -> dict | None:
+    path = ctx.store.path(ctx.experiment.name, "best_vector", tuple(trait.split("/")), FILES["best_vector"])
+    return ctx.store.read_json(path) if path.exists() else None
 
 
 # --------------------------------------------------------------------------- inference

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from traitflow.pipeline import FILES, StageContext, trait_partition
+from traitflow.pipeline import FILES, StageContext, steering_variants, trait_partition
 from traitflow.specs.loader import Project
 
 
@@ -24,7 +24,18 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
             extraction = {"position": best["position"], "component": best["component"], "method": best["method"],
                           "layer": best["layer"], "val_accuracy": best["val_accuracy"], "cohens_d": best["cohens_d"],
                           "variant": variant}
-        traits[trait] = {"extraction": extraction, "materialized": materialized}
+        steering = None
+        best_path = ctx.store.path(exp.name, "best_vector", tuple(trait.split("/")), FILES["best_vector"])
+        if best_path.exists():
+            materialized.append("best_vector")
+            best = ctx.store.read_json(best_path)
+            if best.get("delta") is not None:
+                steering = {k: best[k] for k in ("variant", "layer", "method", "coefficient", "baseline", "trait_mean",
+                                                 "coherence_mean", "delta")}
+        for variant in steering_variants(exp):
+            if ctx.path("steering", trait_partition(trait, variant)).exists() and "steering" not in materialized:
+                materialized.insert(len(materialized) - ("best_vector" in materialized), "steering")
+        traits[trait] = {"extraction": extraction, "steering": steering, "materialized": materialized}
     inference: dict[str, list[str]] = {}
     for prompt_set in exp.spec.inference.prompt_sets:
         for v in exp.inference_variants:
@@ -44,6 +55,14 @@ def format_report(report: dict[str, Any]) -> str:
                          f"{ex['cohens_d']:>7.2f}  {done}")
         else:
             lines.append(f"{trait:24} {'-':14} {'-':10} {'-':>5} {'-':>8} {'-':>7}  {done}")
+    steered = {t: i["steering"] for t, i in report["traits"].items() if i.get("steering")}
+    if steered:
+        lines.append("")
+        lines.append(f"{'steering':24} {'variant':10} {'layer':>5} {'method':10} {'coef':>7} {'baseline':>8} {'steered':>8} "
+                     f"{'delta':>7} {'coherence':>9}")
+        for trait, st in steered.items():
+            lines.append(f"{trait:24} {st['variant']:10} {st['layer']:>5} {st['method']:10} {st['coefficient']:>7.2f} "
+                         f"{st['baseline']:>8.1f} {st['trait_mean']:>8.1f} {st['delta']:>+7.1f} {st['coherence_mean']:>9.1f}")
     if report["inference"]:
         lines.append("")
         for key, done in report["inference"].items():

@@ -60,7 +60,7 @@ class Experiment:
             for part in dotted_path.split("."):
                 value = getattr(value, part)
             payload[dotted_path] = _dump(value)
-        if asset in ("responses", "inference_responses", "calibration"):
+        if asset in ("responses", "inference_responses", "calibration", "steering"):
             payload["variants"] = {k: v.model_dump(mode="json", exclude={"name"}) for k, v in sorted(self.variants.items())}
         payload["upstream"] = [self.code_version(up) for up in ASSET_UPSTREAM.get(asset, [])]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -74,6 +74,8 @@ ASSET_SPEC_FIELDS: dict[str, list[str]] = {
     "vectors": ["extraction.methods", "extraction.val_split", "extraction.seed", "extraction.clean_massive_dims"],
     "extraction_eval": ["extraction.min_val_accuracy"],
     "logit_lens": ["logit_lens"],
+    "steering": ["steering.layers", "steering.position", "steering.method", "steering.search", "judge"],
+    "best_vector": ["steering.min_delta"],
     "inference_responses": ["inference.max_new_tokens"],
     "projections": ["inference.layers", "inference.position", "inference.method"],
 }
@@ -83,6 +85,8 @@ ASSET_UPSTREAM: dict[str, list[str]] = {
     "vectors": ["activations"],
     "extraction_eval": ["vectors"],
     "logit_lens": ["extraction_eval"],
+    "steering": ["extraction_eval"],
+    "best_vector": ["steering"],
     "projections": ["inference_responses", "extraction_eval"],
 }
 

@@ -103,15 +103,23 @@ class LensSpec(Strict):
 
 
 class SearchSpec(Strict):
-    steps: int = Field(5, ge=1)
-    questions: int = Field(5, ge=1)
+    steps: int = Field(5, ge=1, description="Evaluations per layer at most.")
+    questions: int = Field(5, ge=1, description="Steering questions per evaluation (from steering.json).")
     max_new_tokens: int = Field(32, ge=1)
-    min_coherence: float = Field(77, ge=0, le=100)
+    coherence_target: float = Field(80, ge=0, le=100, description="Multiply the coefficient up while coherence holds this.")
+    min_coherence: float = Field(77, ge=0, le=100, description="A run is valid at this coherence or above.")
+    start: float = Field(0.5, gt=0, description="First coefficient, as a multiple of the layer's mean activation norm.")
+    up: float = Field(1.6, gt=1)
+    down: float = Field(0.6, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1)
 
 
 class SteeringSpec(Strict):
-    variants: list[str] = Field(default_factory=list)
+    variants: list[str] = Field(default_factory=list, description="Variants to steer (default: the extraction variant).")
     layers: str | int = "30%-60%"
+    position: str | None = Field(None, description="Vectors to steer with (default: the first extraction position).")
+    method: str | None = Field(None, description="Vector method (default: the best at that position).")
+    min_delta: float = Field(10, ge=0, description="Asset check: the best vector moves the trait at least this much.")
     search: SearchSpec = SearchSpec()
 
 

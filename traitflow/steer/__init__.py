@@ -16,8 +16,8 @@ from traitflow.steer.interventions import (
     Cap,
     Config,
     Intervention,
-    StepState,
     Steer,
+    StepState,
     intervene,
 )
 

@@ -237,9 +237,7 @@ def _op_params(op: Intervention) -> tuple[float, float, float, bool, bool]:
     return 0.0, floor, ceiling, op.positions != "response", op.positions != "prompt"
 
 
-def _build_stages(
-    loaded: Any, configs: Sequence[Sequence[Intervention]], row_config: Sequence[int]
-) -> dict[int, list[_Stage]]:
+def _build_stages(loaded: Any, configs: Sequence[Sequence[Intervention]], row_config: Sequence[int]) -> dict[int, list[_Stage]]:
     import torch
 
     n_layers = loaded.n_layers

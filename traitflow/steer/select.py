@@ -1,0 +1,33 @@
+"""The best vector of a trait: steering decides when it ran, extraction_eval otherwise."""
+
+from typing import Any
+
+
+def choose_best_vector(trait: str, steering: dict[str, dict], evaluation: dict, position: str, source_variant: str) -> dict[str, Any]:
+    """The valid steering run (coherence >= min_coherence) with the largest trait delta in the trait's
+    direction, over every steered variant; without steering results, the extraction_eval best at
+    `position`. The record says which rule chose it."""
+    best, best_variant = None, None
+    for variant, summary in sorted(steering.items()):
+        candidate = summary.get("best")
+        if candidate and (best is None or candidate["delta"] > best["delta"]):
+            best, best_variant = candidate, variant
+    if best is not None:
+        baseline = steering[best_variant]["baseline"]
+        return {
+            "trait": trait, "rule": "steering: largest valid trait delta", "variant": best_variant,
+            "source_variant": source_variant, "position": best["position"], "component": best["component"],
+            "method": best["method"], "layer": best["layer"], "coefficient": best["coefficient"],
+            "multiplier": best["multiplier"], "baseline": baseline["trait_mean"], "trait_mean": best["trait_mean"],
+            "coherence_mean": best["coherence_mean"], "delta": best["delta"],
+        }
+    chosen = evaluation["best"].get(position) or next(iter(evaluation["best"].values()))
+    rule = "extraction_eval: best held-out accuracy" + ("" if steering else " (no steering results)")
+    if steering:
+        rule = "extraction_eval: no valid steering run (coherence too low everywhere)"
+    return {
+        "trait": trait, "rule": rule, "variant": None, "source_variant": source_variant,
+        "position": chosen["position"], "component": chosen["component"], "method": chosen["method"],
+        "layer": chosen["layer"], "coefficient": None, "multiplier": None, "baseline": None, "trait_mean": None,
+        "coherence_mean": None, "delta": None, "val_accuracy": chosen["val_accuracy"],
+    }
