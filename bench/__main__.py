@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-MODULES = ["bench.bench_defs", "bench.bench_capture", "bench.bench_extraction"]
+MODULES = ["bench.bench_defs", "bench.bench_capture", "bench.bench_extraction", "bench.bench_steering"]
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 

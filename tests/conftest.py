@@ -317,3 +317,51 @@ def materialized(project_root, dagster_home) -> dict:
     return {"summary": summary, "loads": MODEL_CACHE.loads - loads_before, "instance": instance, "home": dagster_home}
 
 
+
+
+# --------------------------------------------------------------------------- the toy demo
+# The shipped demo spec on the toy model, materialized once per session through Dagster (plus a
+# "contrast" prompt set whose system prompts ask for each pole): tests/test_toy_demo.py,
+# tests/test_steering_toy.py.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOY_TRAITS = ("toy/formality", "toy/optimism", "toy/refusal")
+
+
+def contrast_prompt_set(root: Path) -> dict:
+    """Each trait's steering questions (not used for extraction) under each pole's system prompt."""
+    import json
+
+    prompts, n = [], 0
+    for trait in TOY_TRAITS:
+        folder = root / "datasets" / "traits" / trait
+        questions = json.loads((folder / "steering.json").read_text())["questions"][:6]
+        for side in ("positive", "negative"):
+            system = json.loads((folder / f"{side}.jsonl").read_text().splitlines()[0])["system_prompt"]
+            for question in questions:
+                n += 1
+                prompts.append({"id": f"{trait}:{side}:{n}", "text": question, "system_prompt": system})
+    return {"name": "toy contrast", "description": "each pole of each toy trait, on unseen questions", "prompts": prompts}
+
+
+@pytest.fixture(scope="session")
+def toy_demo(tmp_path_factory) -> dict:
+    import json
+    import shutil
+
+    import dagster as dg
+
+    from assets.runner import run_experiment
+    from traitflow.report import build_report
+    from traitflow.specs.loader import load_project
+
+    root = tmp_path_factory.mktemp("toy_demo")
+    shutil.copytree(REPO_ROOT / "specs", root / "specs")
+    shutil.copytree(REPO_ROOT / "datasets", root / "datasets")
+    (root / "datasets/inference/toy/contrast.json").write_text(json.dumps(contrast_prompt_set(root)))
+    demo = (root / "specs/experiments/demo.yaml").read_text()
+    (root / "specs/experiments/demo.yaml").write_text(demo.replace("prompt_sets: [toy/general]", "prompt_sets: [toy/general, toy/contrast]"))
+    project = load_project(root, experiments=["demo"])
+    summary = run_experiment(project, "demo", stages=["all"], instance=dg.DagsterInstance.ephemeral())
+    return {"root": root, "project": project, "summary": summary, "report": build_report(project, "demo")}
+
+

@@ -6,45 +6,8 @@ that express its opposite.
 """
 
 import json
-import shutil
-from pathlib import Path
 
-import dagster as dg
-import pytest
-
-from assets.runner import run_experiment
-from traitflow.report import build_report
-from traitflow.specs.loader import load_project
-
-REPO = Path(__file__).resolve().parents[1]
-TRAITS = ("toy/formality", "toy/optimism", "toy/refusal")
-
-
-def contrast_prompt_set(root: Path) -> dict:
-    """Each trait's steering questions (not used for extraction) under each pole's system prompt."""
-    prompts, n = [], 0
-    for trait in TRAITS:
-        folder = root / "datasets" / "traits" / trait
-        questions = json.loads((folder / "steering.json").read_text())["questions"][:6]
-        for side in ("positive", "negative"):
-            system = json.loads((folder / f"{side}.jsonl").read_text().splitlines()[0])["system_prompt"]
-            for question in questions:
-                n += 1
-                prompts.append({"id": f"{trait}:{side}:{n}", "text": question, "system_prompt": system})
-    return {"name": "toy contrast", "description": "each pole of each toy trait, on unseen questions", "prompts": prompts}
-
-
-@pytest.fixture(scope="session")
-def toy_demo(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("toy_demo")
-    shutil.copytree(REPO / "specs", root / "specs")
-    shutil.copytree(REPO / "datasets", root / "datasets")
-    (root / "datasets/inference/toy/contrast.json").write_text(json.dumps(contrast_prompt_set(root)))
-    demo = (root / "specs/experiments/demo.yaml").read_text()
-    (root / "specs/experiments/demo.yaml").write_text(demo.replace("prompt_sets: [toy/general]", "prompt_sets: [toy/general, toy/contrast]"))
-    project = load_project(root, experiments=["demo"])
-    summary = run_experiment(project, "demo", stages=["all"], instance=dg.DagsterInstance.ephemeral())
-    return {"root": root, "project": project, "summary": summary, "report": build_report(project, "demo")}
+from tests.conftest import TOY_TRAITS as TRAITS
 
 
 def test_every_toy_trait_extracts_with_high_held_out_accuracy(toy_demo):

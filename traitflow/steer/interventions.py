@@ -195,11 +195,16 @@ class _Stage:
     in_prompt: Any  # [R] bool: acts at prompt positions
     in_response: Any  # [R] bool: acts at response positions
     project: bool  # some row clamps the projection (Ablate / Cap)
+    any_response: bool  # some row acts at response positions (else decode steps skip the stage)
     key: str  # cache key of this stage's mask within one forward
+    response_delta: Any = None  # [R, H] what a steer-only stage adds at a decode step
+
+    def __post_init__(self) -> None:
+        self.response_delta = (self.coef * self.in_response)[:, None] * self.unit
 
     def to(self, device: Any) -> None:
         """Move the tensors (a model split over devices puts blocks on different devices)."""
-        for name in ("unit", "coef", "lo", "hi", "in_prompt", "in_response"):
+        for name in ("unit", "coef", "lo", "hi", "in_prompt", "in_response", "response_delta"):
             setattr(self, name, getattr(self, name).to(device))
 
 
@@ -286,6 +291,7 @@ def _build_stages(loaded: Any, configs: Sequence[Sequence[Intervention]], row_co
                     in_prompt=torch.tensor(in_p, dtype=torch.bool, device=device),
                     in_response=torch.tensor(in_r, dtype=torch.bool, device=device),
                     project=project,
+                    any_response=any(in_r),
                     key=f"{layer}/{s}",
                 )
             )
@@ -293,29 +299,40 @@ def _build_stages(loaded: Any, configs: Sequence[Sequence[Intervention]], row_co
 
 
 def _apply(h: Any, stages: list[_Stage], state: StepState, geometry: dict[str, Any]) -> Any:
-    """h with every stage applied in order (float32 arithmetic, cast back once)."""
+    """h with every stage applied in order (float32 arithmetic, cast back once).
+
+    Every row goes through the same elementwise arithmetic whichever path a stage takes:
+    a steer adds ``(c · m) · v̂`` (m = 1 or 0), and ``(clamp(p) − p) + c`` is exactly ``c``
+    when nothing clamps — so a row's result does not depend on the other rows of the batch.
+    """
     import torch
 
     hf = h.float()
+    decode = geometry["decode"]
     for stage in stages:
         if stage.unit.device != hf.device:
             stage.to(hf.device)
-        scale = state._masks.get(stage.key)
-        if scale is None:
-            is_prompt, is_response = geometry["is_prompt"], geometry["is_response"]  # [B, T] or None, [T]
-            if is_response.device != hf.device:
-                is_response = is_response.to(hf.device)
-                is_prompt = None if is_prompt is None else is_prompt.to(hf.device)
-            mask = stage.in_response[:, None] & is_response[None, :]
-            if is_prompt is not None:
-                mask = mask | (stage.in_prompt[:, None] & is_prompt)
-            scale = (mask, stage.coef[:, None] * mask)
-            state._masks[stage.key] = scale
-        mask, coef_mask = scale
+        if decode:  # every position is a response position, none a prompt position
+            if not stage.any_response:
+                continue
+            if not stage.project:
+                hf = hf + stage.response_delta[:, None, :]
+                continue
+            mask = stage.in_response[:, None]
+        else:
+            mask = state._masks.get(stage.key)
+            if mask is None:
+                is_prompt, is_response = geometry["is_prompt"], geometry["is_response"]  # [B, T], [T]
+                if is_response.device != hf.device:
+                    is_prompt, is_response = is_prompt.to(hf.device), is_response.to(hf.device)
+                mask = (stage.in_response[:, None] & is_response[None, :]) | (stage.in_prompt[:, None] & is_prompt)
+                state._masks[stage.key] = mask
         if stage.project:
             proj = (hf * stage.unit[:, None, :]).sum(-1)  # [B, T]
             target = torch.minimum(torch.maximum(proj, stage.lo[:, None]), stage.hi[:, None])
             coef_mask = ((target - proj) + stage.coef[:, None]) * mask
+        else:
+            coef_mask = stage.coef[:, None] * mask
         hf = hf + coef_mask[..., None] * stage.unit[:, None, :]
     return hf if hf.dtype == h.dtype else hf.to(h.dtype)
 
@@ -375,10 +392,12 @@ def intervene(
         if h.shape[0] != batch:
             raise ValueError(f"intervene was set up for {batch} rows but the forward pass has {h.shape[0]}")
         seq = h.shape[1]
-        pos = torch.arange(state.seen, state.seen + seq, device=pads.device)
-        geometry["is_response"] = pos >= width - 1
-        # prompt positions only exist below `width`: decode steps skip the [B, T] mask
-        geometry["is_prompt"] = (pos[None, :] >= pads[:, None]) & (pos[None, :] < width) if state.seen < width else None
+        # past the prompt (KV-cache decode steps) every position is a response position: no masks
+        geometry["decode"] = state.seen >= width
+        if not geometry["decode"]:
+            pos = torch.arange(state.seen, state.seen + seq, device=pads.device)
+            geometry["is_response"] = pos >= width - 1
+            geometry["is_prompt"] = (pos[None, :] >= pads[:, None]) & (pos[None, :] < width)
         state.seen += seq
         state.forwards += 1
         state._masks.clear()

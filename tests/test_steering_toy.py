@@ -1,0 +1,112 @@
+"""Known answers for steering on the toy chat model with the keywords judge, through the demo spec:
+the search finds a coefficient that raises optimism by >= 30 points while staying coherent, a
+negative coefficient lowers it, and ablating the refusal direction lowers the refusal rate."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from traitflow.judge import KeywordJudge
+from traitflow.model.chat import prompt_ids
+from traitflow.pipeline import StageContext, read_best_vector, steering_setup
+from traitflow.steer.generate import steered_generate
+from traitflow.steer.interventions import Ablate, Steer
+from traitflow.steer.run import ResultsLog
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def keywords(root: Path, trait: str) -> tuple[list[str], list[str]]:
+    import yaml
+
+    data = yaml.safe_load((root / "datasets/traits" / trait / "trait.yaml").read_text())
+    return data["keywords"]["positive"], data["keywords"]["negative"]
+
+
+def test_search_raises_optimism_by_30_points_coherently(toy_demo):
+    best = read_best_vector(StageContext.create(toy_demo["project"], "demo", load_model=lambda v: None), "toy/optimism")
+    assert best["rule"].startswith("steering")
+    assert best["delta"] >= 30, best
+    assert best["coherence_mean"] >= 77, best
+    report = toy_demo["report"]["traits"]["toy/optimism"]["steering"]
+    assert report["delta"] == best["delta"] and report["layer"] == best["layer"]
+    # The questions it was judged on were never used to extract the vector.
+    questions = json.loads((toy_demo["root"] / "datasets/traits/toy/optimism/steering.json").read_text())["questions"]
+    scenarios = (toy_demo["root"] / "datasets/traits/toy/optimism/positive.jsonl").read_text()
+    assert not any(json.dumps(q) in scenarios for q in questions)
+
+
+def test_negative_coefficient_lowers_optimism(toy_demo):
+    ctx = StageContext.create(toy_demo["project"], "demo")
+    best = read_best_vector(ctx, "toy/optimism")
+    loaded = ctx.load_model("chat")
+    setup = steering_setup(ctx, "toy/optimism", "chat", loaded)
+    prompts = [prompt_ids(loaded, q, None) for q in setup.questions]
+    layer, coefficient = best["layer"], best["coefficient"]
+    configs = [(), (Steer(setup.vectors[layer], layer, -coefficient),)]
+    generations = steered_generate(loaded, prompts * 2, configs, [0] * len(prompts) + [1] * len(prompts), 24)
+    positive, negative = keywords(toy_demo["root"], "toy/optimism")
+    judge = KeywordJudge()
+    scores = [judge.score_trait(g.text, positive, negative) for g in generations]
+    plain, lowered = scores[: len(prompts)], scores[len(prompts):]
+    drop = sum(plain) / len(plain) - sum(lowered) / len(lowered)
+    print(f"negative coefficient: optimism {sum(plain) / len(plain):.1f} -> {sum(lowered) / len(lowered):.1f}")
+    assert drop >= 20
+
+
+def test_ablating_refusal_direction_lowers_refusal_rate(toy_demo):
+    """The classic refusal-direction result: the difference of means at the last prompt token,
+    projected out of the residual stream (each layer's own direction at that layer)."""
+    from traitflow.pipeline import load_vectors
+
+    ctx = StageContext.create(toy_demo["project"], "demo")
+    loaded = ctx.load_model("chat")
+    vectors = load_vectors(ctx, "toy/refusal", "chat")
+    directions = vectors.vectors[("prompt[-1]", "residual", "mean_diff")]
+    ablate = tuple(Ablate(directions[i], layers=(layer,)) for i, layer in enumerate(vectors.layers))
+    topics = ["chess", "poker", "tennis", "cooking", "gardening", "archery", "cycling", "painting"]
+    prompts = [prompt_ids(loaded, f"Help me cheat at {t}.", None) for t in topics]
+    generations = steered_generate(loaded, prompts * 2, [(), ablate], [0] * len(prompts) + [1] * len(prompts), 24)
+    positive, negative = keywords(toy_demo["root"], "toy/refusal")
+    judge = KeywordJudge()
+    refused = [judge.score_trait(g.text, positive, negative) > 60 for g in generations]
+    before, after = sum(refused[: len(prompts)]) / len(prompts), sum(refused[len(prompts):]) / len(prompts)
+    print(f"refusal rate on 'help me cheat' prompts: {before:.2f} -> {after:.2f} with the direction ablated")
+    assert before >= 0.75 and after <= before - 0.5
+
+
+def test_killed_steering_run_resumes_without_redoing_configurations(toy_demo, tmp_path):
+    """A real SIGKILL halfway through `traitflow run --stages steering`, then a re-run."""
+    root = toy_demo["root"]
+    storage = tmp_path / "store"
+    import shutil
+
+    shutil.copytree(root / "experiments", storage)  # vectors and evaluations, no steering results yet
+    shutil.rmtree(storage / "demo" / "steering", ignore_errors=True)
+    env = dict(os.environ, TRAITFLOW_STORAGE=str(storage))
+    env.pop("DAGSTER_HOME", None)
+    cmd = [str(Path(sys.executable).parent / "traitflow"), "run", "demo", "--root", str(root),
+           "--stages", "steering", "--traits", "toy/optimism"]
+    log = ResultsLog(storage / "demo" / "steering" / "toy" / "optimism" / "chat")
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if log.path.exists() and sum(1 for e in log.read() if "config" in e) >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = [e for e in log.read() if "config" in e]
+    assert len(before) >= 2 and not (log.folder / "summary.json").exists()
+
+    finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    after = [e for e in log.read() if "config" in e]
+    assert after[: len(before)] == before  # finished configurations kept as they were
+    keys = [(e["config"]["vectors"][0]["layer"], round(e["config"]["vectors"][0]["multiplier"], 4)) for e in after]
+    assert len(keys) == len(set(keys))  # and none evaluated twice
+    assert (log.folder / "summary.json").exists()
