@@ -11,8 +11,8 @@ import dagster as dg
 
 from assets.extraction import build_extraction_assets
 from assets.inference import build_inference_assets
-from assets.steering import build_steering_assets
 from assets.sources import dataset_change_sensor, observe_jobs, prompt_source, trait_source
+from assets.steering import build_steering_assets
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.specs.loader import Experiment, Project
 

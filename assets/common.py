@@ -26,7 +26,7 @@ def stage_context(
 
 
 def _metadata_value(key: str, value):
-    if key == "path" or key.endswith("_html"):
+    if key == "path" or key.endswith(("_html", "_log")):
         return dg.MetadataValue.path(value)
     if isinstance(value, Markdown):
         return dg.MetadataValue.md(value.text)

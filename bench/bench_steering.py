@@ -22,7 +22,9 @@ round, same torch thread count for all:
 
 Entries (each the median over rounds of the ratio of two times taken in the same round):
 
-- ``steered_vs_plain/<model>`` = steered / plain (target <= 1.05);
+- ``steered_vs_plain/<model>`` = steered / plain (target <= 1.05); its detail also gives the time
+  spent inside the steering arithmetic itself, measured directly (end-to-end ratios on a shared
+  2-core machine move by several per cent from run to run; the hooks' own share does not);
 - ``k8_batched_speedup/<model>`` = k_sequential / k_batched (report; higher is better);
 - ``hook_overhead_vs_steering_vectors/<model>`` = steered_all / sv_apply (same work on the same
   model; target <= 1.05). The detail carries each one's overhead over plain.
@@ -160,6 +162,32 @@ def _ratio(times: dict[str, list[float]], a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
 
+def _time_in_hooks(fn: Any) -> float:
+    """Seconds spent in the steering arithmetic (``interventions._apply``) while ``fn`` runs.
+
+    A direct measure of the hooks' cost, immune to a busy machine's noise in end-to-end times
+    (it leaves out only block 0's few-op position bookkeeping at each forward).
+    """
+    from traitflow.steer import interventions
+
+    original = interventions._apply
+    spent = [0.0]
+
+    def timed(*args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    interventions._apply = timed
+    try:
+        fn()
+    finally:
+        interventions._apply = original
+    return spent[0]
+
+
 def _bench_model(name: str, loaded: Any, threads: int) -> list[dict]:
     import torch
     from steering_vectors import SteeringVector
@@ -216,6 +244,7 @@ def _bench_model(name: str, loaded: Any, threads: int) -> list[dict]:
     times = _time_interleaved({"plain": plain, "steered": steered, "steered_all": steered_all, "sv_apply": sv_apply}, REPEATS)
     times.update(_time_interleaved({"k_batched": k_batched, "k_sequential": k_sequential}, K_REPEATS))
     med = {k: statistics.median(v) for k, v in times.items()}
+    in_hooks = statistics.median(_time_in_hooks(steered) for _ in range(3))
     n_params = sum(p.numel() for p in loaded.model.parameters())
     base = (
         f"{n_params / 1e6:.1f}M params, {loaded.n_layers} layers, device {loaded.device}, threads {threads}, "
@@ -228,7 +257,10 @@ def _bench_model(name: str, loaded: Any, threads: int) -> list[dict]:
             "value": _ratio(times, "steered", "plain"),
             "unit": "x",
             "target": "<= 1.05",
-            "detail": f"{base}; median of {REPEATS}: plain {ms['plain']}, steered {ms['steered']}",
+            "detail": (
+                f"{base}; median of {REPEATS}: plain {ms['plain']}, steered {ms['steered']}; time inside the steering "
+                f"hooks {in_hooks * 1e3:.2f} ms = {in_hooks / med['plain'] * 100:.2f}% of plain"
+            ),
         },
         {
             "name": f"k8_batched_speedup/{name}",

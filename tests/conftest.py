@@ -268,6 +268,9 @@ extraction:
   position: ["prompt[-1]", "response[:3]"]
   methods: [probe, mean_diff]
   max_new_tokens: 4
+steering:
+  layers: "1"
+  search: {steps: 2, questions: 2, max_new_tokens: 4}
 inference:
   prompt_sets: [starter/general]
   layers: best,best+1
@@ -282,8 +285,10 @@ def project_root(tmp_path_factory, tiny_model_dir) -> Path:
     root = tmp_path_factory.mktemp("slice")
     shutil.copytree(tiny_model_dir("llama"), root / "models" / "llama")
     traits = root / "datasets" / "traits" / "starter"
-    for name in ("optimism", "formal"):
+    for name, words in (("optimism", "[hope, bright]\n  negative: [risk, worst]"), ("formal", "[therefore, regards]\n  negative: [hey, gonna]")):
         shutil.copytree(COMPAT / "traits" / "starter_traits" / name, traits / name)
+        # Pole words for the keywords judge that scores the steering stage.
+        (traits / name / "trait.yaml").write_text(f"keywords:\n  positive: {words}\n")
     (root / "datasets" / "inference" / "starter").mkdir(parents=True)
     shutil.copy(COMPAT / "inference" / "starter_prompts" / "general.json", root / "datasets" / "inference" / "starter")
     (root / "specs" / "experiments").mkdir(parents=True)

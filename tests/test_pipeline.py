@@ -44,8 +44,8 @@ def test_runs_cover_all_partitions_in_one_run_per_stage(materialized):
     runs = instance.get_runs()
     observations = [r for r in runs if r.job_name.startswith("t_observe_")]
     materializations = [r for r in runs if not r.job_name.startswith("t_observe_")]
-    # One run per stage (generation, extraction, inference), not one per partition.
-    assert len(observations) == 2 and len(materializations) == 3
+    # One run per stage (generation, extraction, steering, selection, inference), not one per partition.
+    assert len(observations) == 2 and len(materializations) == 5
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     key = dg.AssetKey(["t", "vectors"])
     partitions = instance.get_materialized_partitions(key)
@@ -112,7 +112,7 @@ def test_report_json_shape(project_root, materialized, capsys):
     extraction = report["traits"]["starter/optimism"]["extraction"]
     assert {"method", "layer", "val_accuracy"} <= set(extraction)
     assert report["traits"]["starter/formal"]["materialized"] == ["responses", "vetting", "activations", "vectors",
-                                                                  "extraction_eval", "logit_lens"]
+                                                                  "extraction_eval", "logit_lens", "steering", "best_vector"]
     assert main(["report", "t", "--root", str(project_root)]) == 0
     assert "starter/optimism" in capsys.readouterr().out
 

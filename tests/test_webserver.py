@@ -92,6 +92,10 @@ def test_webserver_shows_materialized_partitions_with_metadata(webserver):
     assert "best_method" in entries and "best_layer" in entries
     assert entries["chart"]["mdStr"].count("data:image/png;base64,") == 1
     assert entries["chart_html"]["path"].endswith("eval_heatmap.html")
+    steering = graphql(webserver, MATERIALIZATIONS, {"key": {"path": ["t", "steering"]}, "partitions": ["starter/optimism|chat"]})
+    entries = {e["label"]: e for e in steering["assetOrError"]["assetMaterializations"][0]["metadataEntries"]}
+    assert entries["chart"]["mdStr"].count("data:image/png;base64,") == 1
+    assert entries["results_log"]["path"].endswith("results.jsonl")
 
 
 CHECKS = """
@@ -108,13 +112,15 @@ query ($key: AssetKeyInput!) {
 
 
 def test_webserver_shows_asset_check_results(webserver):
-    for asset, names in (("extraction_eval", {"polarity", "min_val_accuracy"}), ("vetting", {"min_per_side"})):
+    for asset, names in (("extraction_eval", {"polarity", "min_val_accuracy"}), ("vetting", {"min_per_side"}),
+                         ("best_vector", {"min_delta"})):
         data = graphql(webserver, CHECKS, {"key": {"path": ["t", asset]}})
         checks = {c["name"]: c for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"]}
         assert set(checks) == names
         for check in checks.values():
             assert check["executionForLatestMaterialization"]["status"] in ("SUCCEEDED", "FAILED")
-    assert checks["min_per_side"]["blocking"] is True
+        if asset == "vetting":
+            assert checks["min_per_side"]["blocking"] is True
 
 
 def test_webserver_lists_the_asset_graph(webserver):

@@ -80,7 +80,7 @@ def eval_heatmap(scores: list[dict], trait: str) -> RenderedChart:
     return render(chart, "eval_heatmap")
 
 
-def steering_chart(log_entries: list[dict], trait: str) -> RenderedChart:
+def steering_chart(log_entries: list[dict], trait: str, min_coherence: float = 77.0, direction: int = 1) -> RenderedChart:
     """Trait and coherence against the coefficient multiplier, one line per layer, plus the best
     valid delta per layer; the baseline as a rule."""
     import altair as alt
@@ -109,5 +109,21 @@ def steering_chart(log_entries: list[dict], trait: str) -> RenderedChart:
             rule = alt.Chart(alt.Data(values=[{"value": base_value}])).mark_rule(strokeDash=[4, 4], color="gray").encode(y="value:Q")
             panel = panel + rule
         panels.append(panel)
-    chart = alt.hconcat(*panels).properties(title=f"{trait}: steering search (dashed: unsteered)")
+    best: dict[str, dict] = {}
+    base_trait = baseline.get("trait_mean")
+    for entry in log_entries:
+        if entry.get("type") is not None or "config" not in entry or base_trait is None:
+            continue
+        v, r = entry["config"]["vectors"][0], entry["result"]
+        if r.get("trait_mean") is None or (r.get("coherence_mean") or 0) < min_coherence:
+            continue
+        delta = direction * (r["trait_mean"] - base_trait)
+        key = f"L{v['layer']}"
+        if key not in best or delta > best[key]["delta"]:
+            best[key] = {"layer": key, "delta": delta, "multiplier": v["multiplier"]}
+    bars = alt.Chart(alt.Data(values=list(best.values()) or [{"layer": "none", "delta": 0, "multiplier": 0}])).mark_bar().encode(
+        x=alt.X("layer:N", title="layer"), y=alt.Y("delta:Q", title="best valid trait delta"),
+        tooltip=["layer:N", "delta:Q", "multiplier:Q"],
+    ).properties(width=120, height=160, title=f"best delta (coherence >= {min_coherence:g})")
+    chart = alt.hconcat(*panels, bars).properties(title=f"{trait}: steering search (dashed: unsteered)")
     return render(chart, "steering_search")

@@ -293,6 +293,7 @@ def steering_setup(ctx: StageContext, trait: str, variant: str, loaded: Any):
         direction=1 if dataset.direction == "positive" else -1,
         max_new_tokens=spec.search.max_new_tokens, batch_size=spec.search.batch_size,
         vector_source={"model": vectors.metadata.get("model", {}), "experiment": exp.name, "trait": trait, "variant": source},
+        system_prompt=spec.system_prompt,
     )
 
 
@@ -309,7 +310,8 @@ def run_steering_stage(ctx: StageContext, trait: str, variant: str) -> dict:
     folder = ctx.path("steering", trait_partition(trait, variant)).parent
     summary = run_steering(loaded, judge_for(ctx, trait), setup, schedule, search.min_coherence, folder,
                            header_extra={"experiment": ctx.experiment.name}, log=ctx.log)
-    chart = steering_chart([json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()], trait)
+    chart = steering_chart([json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()], trait,
+                           min_coherence=search.min_coherence, direction=setup.direction)
     files = chart.write(folder)
     best = summary["best"] or {}
     return {

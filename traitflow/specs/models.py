@@ -120,6 +120,8 @@ class SteeringSpec(Strict):
     position: str | None = Field(None, description="Vectors to steer with (default: the first extraction position).")
     method: str | None = Field(None, description="Vector method (default: the best at that position).")
     min_delta: float = Field(10, ge=0, description="Asset check: the best vector moves the trait at least this much.")
+    system_prompt: str | None = Field(
+        None, description="An adversarial system prompt for baseline and steered answers (e.g. the opposite pole).")
     search: SearchSpec = SearchSpec()
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from traitflow.data.traits import TraitDataset
-from traitflow.store.atomic import atomic_write_text
 from traitflow.steer.search import Schedule, run_search
+from traitflow.store.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,11 @@ class SteeringSetup:
     max_new_tokens: int
     batch_size: int
     vector_source: dict
+    system_prompt: str | None = None
 
     def generation_key(self) -> str:
         """What the generated answers depend on (not the judge)."""
-        payload = {"questions": self.questions, "position": self.position, "component": self.component,
+        payload = {"questions": self.questions, "system_prompt": self.system_prompt, "position": self.position, "component": self.component,
                    "method": self.method, "max_new_tokens": self.max_new_tokens, "source": self.vector_source,
                    "vectors": {str(k): hashlib.sha256(v.numpy().tobytes()).hexdigest()[:12] for k, v in self.vectors.items()}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -134,7 +135,7 @@ def steer_and_answer(loaded: Any, setup: SteeringSetup, todo: dict[int | None, f
             coefficient = setup.direction * multiplier * setup.norms[layer]
             configs.append((Steer(vector=setup.vectors[layer], layer=layer, coefficient=coefficient, positions="response"),))
         names.append(config_name(layer, multiplier))
-    prompts = [prompt_ids(loaded, q, None) for q in setup.questions]
+    prompts = [prompt_ids(loaded, q, setup.system_prompt) for q in setup.questions]
     all_prompts = [p for _ in configs for p in prompts]
     config_of_prompt = [i for i in range(len(configs)) for _ in prompts]
     generations = steered_generate(loaded, all_prompts, configs, config_of_prompt, setup.max_new_tokens, setup.batch_size)
@@ -151,7 +152,7 @@ def run_steering(loaded: Any, judge: Any, setup: SteeringSetup, schedule: Schedu
                  folder: Path, header_extra: dict, log: Callable[[str], None] = print) -> dict:
     """Baseline + search, resuming from `folder`'s log. Returns the summary (also written to summary.json)."""
     results = ResultsLog(folder)
-    gen_key, judge_key = setup.generation_key(), getattr(judge, "model", "?")
+    gen_key, judge_key = setup.generation_key(), judge_identity(judge, setup.trait)
     entries = results.read()
     header = entries[0] if entries and entries[0].get("type") == "header" else None
     if header is None or header.get("traitflow", {}).get("generation_key") != gen_key:
@@ -161,7 +162,7 @@ def run_steering(loaded: Any, judge: Any, setup: SteeringSetup, schedule: Schedu
     if not entries:
         header = {"type": "header", "trait": setup.trait.name, "direction": "positive" if setup.direction > 0 else "negative",
                   "steering_model": setup.variant, "vector_source": setup.vector_source,
-                  "eval": {"model": judge_key, "method": "keywords" if judge_key == "keywords" else "logprob"},
+                  "eval": {"model": judge_key, "method": "keywords" if judge_key.startswith("keywords#") else "logprob"},
                   "prompts_file": str(setup.trait.folder / "steering.json"),
                   "traitflow": {"generation_key": gen_key, **header_extra}}
         results.rewrite([header])
@@ -198,6 +199,13 @@ def run_steering(loaded: Any, judge: Any, setup: SteeringSetup, schedule: Schedu
 
     run_search(setup.layers, schedule, evaluate, known=known)
     return write_summary(results, baseline, min_coherence, setup.direction)
+
+
+def judge_identity(judge: Any, trait: TraitDataset) -> str:
+    """What the scores depend on besides the answers: the judge, the rubric and the eval prompt.
+    When only this changes, stored answers are re-scored rather than generated again."""
+    rubric = hashlib.sha256(f"{trait.definition}\0{trait.steering.eval_prompt if trait.steering else ''}".encode()).hexdigest()[:8]
+    return f"{getattr(judge, 'model', '?')}#{rubric}"
 
 
 def _rescore(results: ResultsLog, entries: list[dict], judge: Any, setup: SteeringSetup, judge_key: str,
