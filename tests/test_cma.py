@@ -205,24 +205,40 @@ def test_toy_model_cma_never_worse_than_start():
         sides += [json.loads(line) for line in (OPTIMISM / f"{side}.jsonl").read_text().splitlines()[:n_pairs]]
     prompts = [prompt_ids(loaded, item["prompt"], item.get("system_prompt")) for item in sides]
     gens = generate(loaded, prompts, max_new_tokens=1, batch_size=len(prompts))
-    acts = capture_pooled(loaded, [(g.prompt_ids, g.response_ids) for g in gens], [layer], ["prompt[-1]"],
-                          batch_size=len(prompts))["prompt[-1]"][:, 0]
+    acts = capture_pooled(
+        loaded, [(g.prompt_ids, g.response_ids) for g in gens], [layer], ["prompt[-1]"], batch_size=len(prompts)
+    )["prompt[-1]"][:, 0]
     vector = acts[:n_pairs].mean(0) - acts[n_pairs:].mean(0)
     norm = float(acts.norm(dim=-1).mean())
 
     trait = load_trait(OPTIMISM, "toy/optimism")
     assert yaml.safe_load((OPTIMISM / "trait.yaml").read_text())["keywords"]["positive"]
-    setup = SteeringSetup(trait=trait, variant="chat", questions=trait.steering.questions[:3], position="prompt[-1]",
-                          component="residual", method="mean_diff", layers=[layer], vectors={layer: vector / vector.norm()},
-                          norms={layer: norm}, direction=1, max_new_tokens=16, batch_size=64, vector_source={})
+    setup = SteeringSetup(
+        trait=trait,
+        variant="chat",
+        questions=trait.steering.questions[:3],
+        position="prompt[-1]",
+        component="residual",
+        method="mean_diff",
+        layers=[layer],
+        vectors={layer: vector / vector.norm()},
+        norms={layer: norm},
+        direction=1,
+        max_new_tokens=16,
+        batch_size=64,
+        vector_source={},
+    )
     seen = []
-    evaluate = steering_evaluator(loaded, KeywordsBackend(), setup, layer,
-                                  record=lambda call, v, c, answers, summary: seen.append((call, c, summary)))
+    evaluate = steering_evaluator(
+        loaded, KeywordsBackend(), setup, layer, record=lambda call, v, c, answers, summary: seen.append((call, c, summary))
+    )
     start_coefficient = 0.6 * norm  # just below where optimism switches on (~0.7x at layer 2): room to improve
     result = optimize_direction(evaluate, vector, start_coefficient, subspace_dim=4, generations=2, popsize=6, seed=0)
     elapsed = time.perf_counter() - started
-    print(f"toy cma_es: start {result.start_fitness:.1f} -> {result.fitness:.1f} (coef {start_coefficient:.2f} -> "
-          f"{result.coefficient:.2f}, cos {result.cosine_to_init:.3f}, coherence {result.coherence_mean}) in {elapsed:.1f}s")
+    print(
+        f"toy cma_es: start {result.start_fitness:.1f} -> {result.fitness:.1f} (coef {start_coefficient:.2f} -> "
+        f"{result.coefficient:.2f}, cos {result.cosine_to_init:.3f}, coherence {result.coherence_mean}) in {elapsed:.1f}s"
+    )
     assert len(seen) == 12 and [call for call, _, _ in seen] == [0] * 6 + [1] * 6
     assert len(result.history) == 2
     assert result.start_fitness is not None and result.fitness >= result.start_fitness

@@ -110,3 +110,31 @@ def test_killed_steering_run_resumes_without_redoing_configurations(toy_demo, tm
     keys = [(e["config"]["vectors"][0]["layer"], round(e["config"]["vectors"][0]["multiplier"], 4)) for e in after]
     assert len(keys) == len(set(keys))  # and none evaluated twice
     assert (log.folder / "summary.json").exists()
+
+
+def test_new_rubric_rescores_stored_answers_without_generating(toy_demo, tmp_path):
+    import shutil
+
+    from traitflow.pipeline import run_steering_stage
+    from traitflow.specs.loader import load_project
+
+    root = tmp_path / "proj"
+    shutil.copytree(toy_demo["root"], root, ignore=shutil.ignore_patterns("projections", "inference_responses"))
+    folder = root / "experiments/demo/steering/toy/optimism/chat"
+    answers_before = {p.name: p.stat().st_mtime_ns for p in (folder / "responses").iterdir()}
+    runs_before = [e for e in ResultsLog(folder).read() if "config" in e]
+    definition = root / "datasets/traits/toy/optimism/definition.txt"
+    definition.write_text(definition.read_text() + "\nAlso weigh the closing sentence.\n")
+
+    ctx = StageContext.create(load_project(root), "demo")
+    calls = []
+    original = ctx.load_model
+    ctx.load_model = lambda variant: calls.append(variant) or original(variant)
+    run_steering_stage(ctx, "toy/optimism", "chat")
+
+    entries = ResultsLog(folder).read()
+    assert entries[0]["eval"]["model"] != json.loads((toy_demo["root"] / "experiments/demo/steering/toy/optimism/chat/results.jsonl")
+                                                     .read_text().splitlines()[0])["eval"]["model"]
+    runs_after = [e for e in entries if "config" in e]
+    assert [e["config"] for e in runs_after] == [e["config"] for e in runs_before]  # nothing searched again
+    assert {p.name: p.stat().st_mtime_ns for p in (folder / "responses").iterdir()} == answers_before  # nothing generated

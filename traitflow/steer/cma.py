@@ -67,18 +67,36 @@ class CmaResult:
 
     def to_dict(self) -> dict:
         """JSON-ready summary (everything but the vector)."""
-        return {"method": METHOD, "coefficient": self.coefficient, "fitness": self.fitness, "start_fitness": self.start_fitness,
-                "trait_mean": self.trait_mean, "coherence_mean": self.coherence_mean, "feasible": self.feasible,
-                "cosine_to_init": self.cosine_to_init, "evaluations": self.evaluations, "x": list(self.x),
-                "history": [dict(h) for h in self.history]}
+        return {
+            "method": METHOD,
+            "coefficient": self.coefficient,
+            "fitness": self.fitness,
+            "start_fitness": self.start_fitness,
+            "trait_mean": self.trait_mean,
+            "coherence_mean": self.coherence_mean,
+            "feasible": self.feasible,
+            "cosine_to_init": self.cosine_to_init,
+            "evaluations": self.evaluations,
+            "x": list(self.x),
+            "history": [dict(h) for h in self.history],
+        }
+
+
+def _feasible(trait_mean: float | None, coherence_mean: float | None, min_coherence: float) -> bool:
+    return (
+        trait_mean is not None
+        and math.isfinite(trait_mean)
+        and coherence_mean is not None
+        and math.isfinite(coherence_mean)
+        and coherence_mean >= min_coherence
+    )
 
 
 def fitness_of(trait_mean: float | None, coherence_mean: float | None, direction: int = 1, min_coherence: float = 77.0) -> float:
     """The maximised fitness of one candidate (see the module docstring)."""
-    coherence = 0.0 if coherence_mean is None or not math.isfinite(coherence_mean) else float(coherence_mean)
-    if trait_mean is None or not math.isfinite(trait_mean) or coherence < min_coherence:
-        return PENALTY + coherence
-    return float(direction) * float(trait_mean)
+    if _feasible(trait_mean, coherence_mean, min_coherence):
+        return float(direction) * float(trait_mean)
+    return PENALTY + (float(coherence_mean) if coherence_mean is not None and math.isfinite(coherence_mean) else 0.0)
 
 
 def subspace_basis(init_vector: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
@@ -153,8 +171,15 @@ def optimize_direction(
         v = v0.double() + basis.double() @ step if k else v0.double()
         return (v / v.norm()).float(), c0 * math.exp(float(np.clip(x[k], -20.0, 20.0)))
 
-    options: dict[str, Any] = {"seed": _cma_seed(seed), "verbose": -9, "maxiter": generations,
-                               "tolfun": 0, "tolx": 0, "tolflatfitness": generations + 1, "tolstagnation": generations + 1}
+    options: dict[str, Any] = {
+        "seed": _cma_seed(seed),
+        "verbose": -9,
+        "maxiter": generations,
+        "tolfun": 0,
+        "tolx": 0,
+        "tolflatfitness": generations + 1,
+        "tolstagnation": generations + 1,
+    }
     if popsize is not None:
         options["popsize"] = int(popsize)
     dim = max(k + 1, 2)  # cma refuses 1-D problems: with subspace_dim 0 a second coordinate is sampled and ignored
@@ -188,24 +213,49 @@ def optimize_direction(
                 best = (f, np.array(x, dtype=np.float64), t, c)
         with rng.active():
             es.tell(xs, [-f for f in fitnesses])
-        history.append({"generation": generation, "best_fitness": max(fitnesses), "mean_fitness": sum(fitnesses) / len(fitnesses),
-                        "sigma": float(es.sigma), "evaluations": evaluations, "best_so_far": best[0]})
+        history.append(
+            {
+                "generation": generation,
+                "best_fitness": max(fitnesses),
+                "mean_fitness": sum(fitnesses) / len(fitnesses),
+                "sigma": float(es.sigma),
+                "evaluations": evaluations,
+                "best_so_far": best[0],
+            }
+        )
         if log is not None:
             h = history[-1]
-            log(f"cma_es generation {generation}: best {h['best_fitness']:.2f}, mean {h['mean_fitness']:.2f}, "
-                f"sigma {h['sigma']:.3f}, best so far {h['best_so_far']:.2f}")
+            log(
+                f"cma_es generation {generation}: best {h['best_fitness']:.2f}, mean {h['mean_fitness']:.2f}, "
+                f"sigma {h['sigma']:.3f}, best so far {h['best_so_far']:.2f}"
+            )
 
     assert best is not None
     fitness, x_best, trait_mean, coherence_mean = best
     vector, coefficient = decode(x_best)
-    return CmaResult(vector=vector, coefficient=coefficient, fitness=fitness, history=history, evaluations=evaluations,
-                     start_fitness=start_fitness, trait_mean=trait_mean, coherence_mean=coherence_mean,
-                     feasible=fitness_of(trait_mean, coherence_mean, direction, min_coherence) > PENALTY + 100.0,
-                     cosine_to_init=float(vector.double() @ v0.double()), x=[float(v) for v in x_best[: k + 1]])
+    return CmaResult(
+        vector=vector,
+        coefficient=coefficient,
+        fitness=fitness,
+        history=history,
+        evaluations=evaluations,
+        start_fitness=start_fitness,
+        trait_mean=trait_mean,
+        coherence_mean=coherence_mean,
+        feasible=_feasible(trait_mean, coherence_mean, min_coherence),
+        cosine_to_init=float(vector.double() @ v0.double()),
+        x=[float(v) for v in x_best[: k + 1]],
+    )
 
 
-def steering_evaluator(loaded: Any, judge: Any, setup: Any, layer: int, *,
-                       record: Callable[[int, torch.Tensor, float, list[dict], dict], None] | None = None) -> Evaluate:
+def steering_evaluator(
+    loaded: Any,
+    judge: Any,
+    setup: Any,
+    layer: int,
+    *,
+    record: Callable[[int, torch.Tensor, float, list[dict], dict], None] | None = None,
+) -> Evaluate:
     """An ``evaluate`` for :func:`optimize_direction` over a :class:`~traitflow.steer.run.SteeringSetup`.
 
     Each call steers ``setup.questions`` with ``Steer(vector, layer, coefficient, positions="response")``
@@ -229,7 +279,9 @@ def steering_evaluator(loaded: Any, judge: Any, setup: Any, layer: int, *,
         out = []
         n = len(prompts)
         for i, (v, c) in enumerate(candidates):
-            answers = [{"question": q, "answer": g.text} for q, g in zip(setup.questions, generations[i * n : (i + 1) * n], strict=True)]
+            answers = [
+                {"question": q, "answer": g.text} for q, g in zip(setup.questions, generations[i * n : (i + 1) * n], strict=True)
+            ]
             summary = judge_answers(judge, setup.trait, answers, setup.direction)
             if record is not None:
                 record(calls[0], v, c, answers, summary)

@@ -44,11 +44,14 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from traitflow.errors import TraitflowError
 from traitflow.model.arch import decoder_layers
 from traitflow.model.hooks import add_hooks, model_lock, output_tensor, replace_output
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["POSITION_SETS", "Ablate", "Cap", "Config", "Intervention", "StepState", "Steer", "intervene"]
 
@@ -85,7 +88,7 @@ class Steer:
         positions: ``all`` | ``prompt`` | ``response`` (see the module docstring).
     """
 
-    vector: Any
+    vector: "torch.Tensor"
     layer: int
     coefficient: float
     positions: Literal["all", "prompt", "response"] = "response"
@@ -107,7 +110,7 @@ class Ablate:
     block 0) is not touched: layer L is always the output of block L.
     """
 
-    vector: Any
+    vector: "torch.Tensor"
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -127,7 +130,7 @@ class Cap:
     ``v̂`` changes: ``h ← h + (clamp(h·v̂) − h·v̂) v̂``.
     """
 
-    vector: Any
+    vector: "torch.Tensor"
     layer: int
     floor: float | None = None
     ceiling: float | None = None
@@ -268,8 +271,9 @@ def _build_stages(loaded: Any, configs: Sequence[Sequence[Intervention]], row_co
     stages: dict[int, list[_Stage]] = {}
     for layer in layers:
         depth = max(len(per_config[k].get(layer, ())) for k in used)
+        ops_of_row = [per_config[k].get(layer, []) for k in row_config]
         for s in range(depth):
-            row_ops = [per_config[k].get(layer, [])[s] if s < len(per_config[k].get(layer, [])) else None for k in row_config]
+            row_ops = [ops[s] if s < len(ops) else None for ops in ops_of_row]
             uniform = all(op is not None and op is row_ops[0] for op in row_ops)
             rows = row_ops[:1] if uniform else row_ops
             unit = torch.zeros((len(rows), hidden), dtype=torch.float32, device=device)

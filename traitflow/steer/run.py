@@ -222,7 +222,6 @@ def _rescore(results: ResultsLog, entries: list[dict], judge: Any, setup: Steeri
         if answers is None:
             continue  # nothing stored for it: the search evaluates it again
         entry = dict(entry, result=judge_answers(judge, setup.trait, answers, setup.direction))
-        results.write_responses(name, answers)
         rescored.append(entry)
     log(f"re-scored {len(rescored) - 1} stored configurations with {judge_key}")
     results.rewrite(rescored)
