@@ -20,7 +20,7 @@ from traitflow.specs.loader import Project
 STAGES = {
     "generation": ["responses", "vetting"],
     "extraction": ["activations", "vectors", "extraction_eval", "logit_lens"],
-    "steering": ["steering"],
+    "steering": ["steering", "cma_es"],
     "selection": ["best_vector"],
     "inference": ["inference_responses", "projections"],
 }

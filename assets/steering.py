@@ -32,11 +32,25 @@ def build_steering_assets(project: Project, exp: Experiment, vectors: dg.AssetsD
 
     best_key = dg.AssetKey([*prefix, "best_vector"])
     to_trait = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="trait")
+    refinement = []
+    if exp.spec.steering.cma_es.enabled:
+
+        @dg.asset(
+            name="cma_es", key_prefix=prefix, group_name=exp.name, partitions_def=trait_variant(exp, variants),
+            backfill_policy=SINGLE_RUN, pool=GPU_POOL, kinds={"pytorch", "safetensors"}, tags=tags, deps=[steering],
+            code_version=exp.code_version("cma_es"),
+            description="CMA-ES over the direction (in a random subspace around it) and the coefficient of the best run.",
+        )
+        def cma_es(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+            return for_each_partition(context, pipeline.run_cma_es, stage_context(context, project, exp, model, storage))
+
+        refinement = [cma_es]
 
     @dg.asset(
         name="best_vector", key_prefix=prefix, group_name=exp.name, partitions_def=dg.StaticPartitionsDefinition(exp.traits),
         backfill_policy=SINGLE_RUN, kinds={"json"}, tags=tags,
-        deps=[dg.AssetDep(steering, partition_mapping=to_trait), dg.AssetDep(extraction_eval, partition_mapping=to_trait)],
+        deps=[dg.AssetDep(steering, partition_mapping=to_trait), dg.AssetDep(extraction_eval, partition_mapping=to_trait),
+              *[dg.AssetDep(a, partition_mapping=to_trait) for a in refinement]],
         code_version=exp.code_version("best_vector"),
         check_specs=[dg.AssetCheckSpec("min_delta", asset=best_key,
                                        description=f"The best vector moves the trait by >= {exp.spec.steering.min_delta} points.")],
@@ -45,4 +59,4 @@ def build_steering_assets(project: Project, exp: Experiment, vectors: dg.AssetsD
     def best_vector(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, pipeline.run_best_vector, stage_context(context, project, exp, model, storage))
 
-    return [steering, best_vector]
+    return [steering, *refinement, best_vector]

@@ -29,7 +29,7 @@ def keywords(root: Path, trait: str) -> tuple[list[str], list[str]]:
 
 def test_search_raises_optimism_by_30_points_coherently(toy_demo):
     best = read_best_vector(StageContext.create(toy_demo["project"], "demo", load_model=lambda v: None), "toy/optimism")
-    assert best["rule"].startswith("steering")
+    assert best["rule"].startswith(("steering", "cma_es"))
     assert best["delta"] >= 30, best
     assert best["coherence_mean"] >= 77, best
     report = toy_demo["report"]["traits"]["toy/optimism"]["steering"]
@@ -138,3 +138,15 @@ def test_new_rubric_rescores_stored_answers_without_generating(toy_demo, tmp_pat
     runs_after = [e for e in entries if "config" in e]
     assert [e["config"] for e in runs_after] == [e["config"] for e in runs_before]  # nothing searched again
     assert {p.name: p.stat().st_mtime_ns for p in (folder / "responses").iterdir()} == answers_before  # nothing generated
+
+
+def test_cma_es_refines_the_best_run(toy_demo):
+    record = json.loads((toy_demo["root"] / "experiments/demo/cma_es/toy/optimism/chat/cma_es.json").read_text())
+    assert len(record["history"]) == 2  # demo.yaml: generations: 2
+    assert record["fitness"] >= record["start_fitness"]
+    assert record["method"] == "cma_es" and record["feasible"]
+    from safetensors import safe_open
+
+    with safe_open(str(toy_demo["root"] / "experiments/demo/cma_es/toy/optimism/chat/vectors.safetensors"), "pt") as f:
+        vector = f.get_tensor("vector/prompt[-1]/residual/cma_es")
+    assert abs(float(vector.norm()) - 1.0) < 1e-4

@@ -25,6 +25,7 @@ FILES = {
     "logit_lens": "logit_lens.json",
     "steering": "summary.json",
     "best_vector": "best_vector.json",
+    "cma_es": "cma_es.json",
     "inference_responses": "responses.json",
     "projections": "projections.json",
 }
@@ -323,6 +324,41 @@ def run_steering_stage(ctx: StageContext, trait: str, variant: str) -> dict:
     }
 
 
+def run_cma_es(ctx: StageContext, trait: str, variant: str) -> dict:
+    """Refine the best steering run's vector and coefficient with CMA-ES; the `cma_es` method."""
+    from traitflow.steer.cma import METHOD, optimize_direction, steering_evaluator
+
+    spec = ctx.experiment.spec.steering
+    part = trait_partition(trait, variant)
+    summary = ctx.store.read_json(ctx.path("steering", part))
+    best = summary.get("best")
+    if best is None:
+        raise TraitflowError(f"{trait} ({variant}): no valid steering run to refine (coherence below "
+                             f"{spec.search.min_coherence} everywhere)")
+    loaded = ctx.load_model(variant)
+    setup = steering_setup(ctx, trait, variant, loaded)
+    layer = best["layer"]
+    result = optimize_direction(
+        steering_evaluator(loaded, judge_for(ctx, trait), setup, layer), setup.vectors[layer], best["coefficient"],
+        direction=setup.direction, min_coherence=spec.search.min_coherence, subspace_dim=spec.cma_es.subspace_dim,
+        sigma0=spec.cma_es.sigma0, generations=spec.cma_es.generations, popsize=spec.cma_es.popsize, seed=spec.cma_es.seed,
+        log=ctx.log)
+    baseline = summary["baseline"]["trait_mean"] or 0.0
+    record = {"trait": trait, "variant": variant, "method": METHOD, "position": setup.position, "component": setup.component,
+              "layer": layer, "start": {"coefficient": best["coefficient"], "trait_mean": best["trait_mean"]},
+              "baseline": baseline, "delta": (result.fitness - setup.direction * baseline) if result.feasible else None,
+              **result.to_dict()}
+    path = ctx.path("cma_es", part)
+    ctx.store.write_json(path, record)
+    ctx.store.write_tensors(path.parent / "vectors.safetensors",
+                            {f"vector/{setup.position}/{setup.component}/{METHOD}": result.vector[None]},
+                            {"layers": [layer], "method": METHOD, "coefficient": result.coefficient, "trait": trait,
+                             "variant": variant, "fitness_history": result.history})
+    return {"path": str(path), "layer": layer, "coefficient": result.coefficient, "fitness": result.fitness,
+            "start_fitness": result.start_fitness, "cosine_to_extracted": result.cosine_to_init,
+            "evaluations": result.evaluations}
+
+
 def run_best_vector(ctx: StageContext, trait: str) -> dict:
     from traitflow.steer.select import choose_best_vector
 
@@ -332,8 +368,14 @@ def run_best_vector(ctx: StageContext, trait: str) -> dict:
         path = ctx.path("steering", trait_partition(trait, variant))
         if path.exists():
             summaries[variant] = ctx.store.read_json(path)
+    refined = {}
+    for variant in steering_variants(exp) if exp.spec.steering.cma_es.enabled else []:
+        path = ctx.path("cma_es", trait_partition(trait, variant))
+        if path.exists():
+            refined[variant] = ctx.store.read_json(path)
     evaluation = read_extraction_eval(ctx, trait, exp.extraction_variant)
-    choice = choose_best_vector(trait, summaries, evaluation, exp.spec.extraction.positions[0], exp.extraction_variant)
+    choice = choose_best_vector(trait, summaries, evaluation, exp.spec.extraction.positions[0], exp.extraction_variant,
+                                refined=refined)
     path = ctx.store.path(exp.name, "best_vector", tuple(trait.split("/")), FILES["best_vector"])
     ctx.store.write_json(path, choice)
     threshold = exp.spec.steering.min_delta

@@ -75,7 +75,8 @@ ASSET_SPEC_FIELDS: dict[str, list[str]] = {
     "extraction_eval": ["extraction.min_val_accuracy"],
     "logit_lens": ["logit_lens"],
     "steering": ["steering.layers", "steering.position", "steering.method", "steering.search", "judge"],
-    "best_vector": ["steering.min_delta"],
+    "cma_es": ["steering.cma_es", "steering.search.min_coherence"],
+    "best_vector": ["steering.min_delta", "steering.cma_es.enabled"],
     "inference_responses": ["inference.max_new_tokens"],
     "projections": ["inference.layers", "inference.position", "inference.method"],
 }
@@ -86,7 +87,8 @@ ASSET_UPSTREAM: dict[str, list[str]] = {
     "extraction_eval": ["vectors"],
     "logit_lens": ["extraction_eval"],
     "steering": ["extraction_eval"],
-    "best_vector": ["steering"],
+    "cma_es": ["steering"],
+    "best_vector": ["steering", "cma_es"],
     "projections": ["inference_responses", "extraction_eval"],
 }
 

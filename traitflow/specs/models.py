@@ -114,6 +114,15 @@ class SearchSpec(Strict):
     batch_size: int = Field(32, ge=1)
 
 
+class CmaSpec(Strict):
+    enabled: bool = Field(False, description="Refine the best steering vector with CMA-ES (the `cma_es` method).")
+    generations: int = Field(4, ge=1)
+    subspace_dim: int = Field(8, ge=0, description="Dimensions of the random subspace the direction moves in.")
+    sigma0: float = Field(0.15, gt=0)
+    popsize: int | None = Field(None, ge=2)
+    seed: int = 0
+
+
 class SteeringSpec(Strict):
     variants: list[str] = Field(default_factory=list, description="Variants to steer (default: the extraction variant).")
     layers: str | int = "30%-60%"
@@ -123,6 +132,7 @@ class SteeringSpec(Strict):
     system_prompt: str | None = Field(
         None, description="An adversarial system prompt for baseline and steered answers (e.g. the opposite pole).")
     search: SearchSpec = SearchSpec()
+    cma_es: CmaSpec = CmaSpec()
 
 
 class InferenceSpec(Strict):

@@ -268,7 +268,7 @@ def steering_evaluator(
     from traitflow.steer.interventions import Steer
     from traitflow.steer.run import judge_answers
 
-    prompts = [prompt_ids(loaded, q, None) for q in setup.questions]
+    prompts = [prompt_ids(loaded, q, getattr(setup, "system_prompt", None)) for q in setup.questions]
     calls = [0]
 
     def evaluate(candidates: list[tuple[torch.Tensor, float]]) -> list[tuple[float | None, float | None]]:

@@ -3,10 +3,21 @@
 from typing import Any
 
 
-def choose_best_vector(trait: str, steering: dict[str, dict], evaluation: dict, position: str, source_variant: str) -> dict[str, Any]:
+def choose_best_vector(trait: str, steering: dict[str, dict], evaluation: dict, position: str, source_variant: str,
+                       refined: dict[str, dict] | None = None) -> dict[str, Any]:
     """The valid steering run (coherence >= min_coherence) with the largest trait delta in the trait's
-    direction, over every steered variant; without steering results, the extraction_eval best at
-    `position`. The record says which rule chose it."""
+    direction, over every steered variant — or a CMA-ES refinement of one when it did better;
+    without steering results, the extraction_eval best at `position`. The record says which rule chose it."""
+    for variant, cma in sorted((refined or {}).items()):
+        run = steering.get(variant, {}).get("best")
+        if cma.get("delta") is not None and cma.get("feasible") and (run is None or cma["delta"] > run["delta"]):
+            return {
+                "trait": trait, "rule": "cma_es: refined direction beat the coefficient search", "variant": variant,
+                "source_variant": source_variant, "position": cma["position"], "component": cma["component"],
+                "method": "cma_es", "layer": cma["layer"], "coefficient": cma["coefficient"], "multiplier": None,
+                "baseline": cma["baseline"], "trait_mean": cma["trait_mean"], "coherence_mean": cma["coherence_mean"],
+                "delta": cma["delta"], "vector_file": f"cma_es/{trait}/{variant}/vectors.safetensors",
+            }
     best, best_variant = None, None
     for variant, summary in sorted(steering.items()):
         candidate = summary.get("best")
