@@ -150,3 +150,25 @@ def test_cma_es_refines_the_best_run(toy_demo):
     with safe_open(str(toy_demo["root"] / "experiments/demo/cma_es/toy/optimism/chat/vectors.safetensors"), "pt") as f:
         vector = f.get_tensor("vector/prompt[-1]/residual/cma_es")
     assert abs(float(vector.norm()) - 1.0) < 1e-4
+
+
+def test_cma_es_is_a_method_like_the_others(toy_demo, tmp_path):
+    """The refined vector loads as method `cma_es` (at its one layer) and works for evaluation,
+    steering setup and llama.cpp export."""
+    from traitflow.export import export_gguf
+    from traitflow.extract.capture import ActivationSet
+    from traitflow.extract.vectors import evaluate_vectors
+    from traitflow.pipeline import load_vectors, trait_partition
+
+    ctx = StageContext.create(toy_demo["project"], "demo")
+    vectors = load_vectors(ctx, "toy/optimism", "chat")
+    record = json.loads((toy_demo["root"] / "experiments/demo/cma_es/toy/optimism/chat/cma_es.json").read_text())
+    assert vectors.defined_layers("prompt[-1]", "residual", "cma_es") == [record["layer"]]
+    acts = ActivationSet.from_tensors(*ctx.store.read_tensors(ctx.path("activations", trait_partition("toy/optimism", "chat"))))
+    scores = evaluate_vectors(acts, vectors)
+    assert not [s for s in scores if s.method == "cma_es"]  # no held-out threshold for it: skipped, not NaN rows
+    out = export_gguf(vectors, "prompt[-1]", "residual", "cma_es", tmp_path / "cma.gguf")
+    import gguf
+
+    reader = gguf.GGUFReader(str(out))
+    assert [t.name for t in reader.tensors] == [f"direction.{record['layer']}"]

@@ -46,9 +46,9 @@ __all__ = ["GGUF_ARCH", "ExportResult", "export_experiment_gguf", "export_gguf",
 GGUF_ARCH = "controlvector"
 
 
-def gguf_layers(vectors: Any, layers: list[int] | None) -> list[int]:
+def gguf_layers(vectors: Any, layers: list[int] | None, key: tuple[str, str, str] | None = None) -> list[int]:
     """The layers to export: all stored layers but 0 by default; explicit ones must be stored and > 0."""
-    stored = list(vectors.layers)
+    stored = list(vectors.layers) if key is None or key not in vectors.vectors else vectors.defined_layers(*key)
     if layers is None:
         chosen = [layer for layer in stored if layer > 0]
         if not chosen:
@@ -142,7 +142,7 @@ def export_gguf(
     if key not in vectors.vectors:
         known = ", ".join(f"{p} {c} {m}" for p, c, m in sorted(vectors.vectors)) or "none"
         raise TraitflowError(f"no {method!r} vector at position {position!r} ({component}); stored: {known}")
-    chosen = gguf_layers(vectors, layers)
+    chosen = gguf_layers(vectors, layers, key)
     stacked = vectors.vectors[key].detach().float().cpu()
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,4 +250,4 @@ def export_experiment_gguf(
     path = Path(out) if out else Path(f"{trait.replace('/', '-')}-{variant}-{method}.gguf")
     export_gguf(vectors, position, component, method, path, coefficient=coefficient, layers=chosen,
                 model_hint=model_hint or model_hint_for(vectors.metadata))
-    return ExportResult(path, trait, variant, position, method, gguf_layers(vectors, chosen), best_layer)
+    return ExportResult(path, trait, variant, position, method, gguf_layers(vectors, chosen, (position, component, method)), best_layer)

@@ -174,9 +174,37 @@ def _load_activations(ctx: StageContext, part: tuple[str, ...]):
 
 
 def load_vectors(ctx: StageContext, trait: str, variant: str):
+    """The trait's extracted vectors, plus the CMA-ES refinement (method `cma_es`) when one exists.
+
+    `cma_es` is defined at the one layer it was optimised at; its other rows are NaN, and every
+    consumer uses only finite rows (see `VectorSet.defined_layers`).
+    """
+    import torch
+
     from traitflow.extract.vectors import VectorSet
 
-    return VectorSet.from_tensors(*ctx.store.read_tensors(ctx.path("vectors", trait_partition(trait, variant))))
+    vectors = VectorSet.from_tensors(*ctx.store.read_tensors(ctx.path("vectors", trait_partition(trait, variant))))
+    for steered in sorted(steering_variants(ctx.experiment)):
+        refined = ctx.store.path(ctx.experiment.name, "cma_es", trait_partition(trait, steered), "vectors.safetensors")
+        if not refined.exists():
+            continue
+        tensors, meta = ctx.store.read_tensors(refined)
+        layer = int(meta["layers"][0])
+        if layer not in vectors.layers:
+            continue
+        for name, value in tensors.items():
+            _, position, component, method = name.split("/", 3) if name.count("/") == 3 else (None,) * 4
+            if method is None:
+                continue
+            full = torch.full((len(vectors.layers), value.shape[-1]), float("nan"))
+            full[vectors.layers.index(layer)] = value[0]
+            vectors.vectors[(position, component, method)] = full
+            vectors.baselines[(position, component, method)] = torch.full((len(vectors.layers),), float("nan"))
+            vectors.train_accuracy[(position, component, method)] = torch.full((len(vectors.layers),), float("nan"))
+        vectors.metadata.setdefault("refined", {})["cma_es"] = {"layer": layer, "variant": steered,
+                                                               "coefficient": meta.get("coefficient")}
+        break
+    return vectors
 
 
 def run_vectors(ctx: StageContext, trait: str, variant: str) -> dict:
@@ -281,9 +309,11 @@ def steering_setup(ctx: StageContext, trait: str, variant: str, loaded: Any):
     vectors = load_vectors(ctx, trait, source)
     if (position, component, method) not in vectors.vectors:
         raise TraitflowError(f"{exp.path}: steering.method {method!r} was not extracted")
-    layers = [layer for layer in parse_layers(spec.layers, loaded.n_layers) if layer in vectors.layers]
+    defined = vectors.defined_layers(position, component, method)
+    layers = [layer for layer in parse_layers(spec.layers, loaded.n_layers) if layer in defined]
     if not layers:
-        raise TraitflowError(f"{exp.path}: steering.layers {spec.layers!r} selects no extracted layer")
+        raise TraitflowError(f"{exp.path}: steering.layers {spec.layers!r} selects none of the layers where "
+                             f"{method} vectors exist ({defined})")
     stacked = vectors.vectors[(position, component, method)]
     norms = vectors.norms[(position, component)]
     return SteeringSetup(
@@ -418,6 +448,12 @@ def monitored_vector(ctx: StageContext, trait: str) -> tuple[str, str, str, int]
         raise TraitflowError(f"{ctx.experiment.path}: inference.position {position!r} is not among extraction.position")
     evaluation = read_extraction_eval(ctx, trait, ctx.experiment.extraction_variant)
     rows = [r for r in evaluation["scores"] if r["position"] == position]
+    if spec.inference.method == "cma_es":
+        refined = load_vectors(ctx, trait, ctx.experiment.extraction_variant).metadata.get("refined", {}).get("cma_es")
+        if refined is None:
+            raise TraitflowError(f"{ctx.experiment.path}: inference.method cma_es needs steering.cma_es for {trait}")
+        component = next(iter({r["component"] for r in rows}), "residual")
+        return position, component, "cma_es", refined["layer"]
     if spec.inference.method:
         rows = [r for r in rows if r["method"] == spec.inference.method]
         if not rows:
@@ -459,7 +495,10 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
         position, component, method, best = monitored_vector(ctx, trait)
         vectors = load_vectors(ctx, trait, exp.extraction_variant)
         layers = inference_layers(exp.spec.inference.layers, loaded.n_layers, best)
-        missing = [layer for layer in layers if layer not in vectors.layers]
+        defined = vectors.defined_layers(position, component, method)
+        if method == "cma_es":
+            layers = [layer for layer in layers if layer in defined]  # a refinement exists at its one layer
+        missing = [layer for layer in layers if layer not in defined]
         if missing:
             raise TraitflowError(f"{exp.path}: inference.layers asks for layers {missing} that extraction did not cover")
         stacked = vectors.vectors[(position, component, method)]

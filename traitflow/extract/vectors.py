@@ -40,6 +40,11 @@ class VectorSet:
     norms: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
 
+    def defined_layers(self, position: str, component: str, method: str) -> list[int]:
+        """Layers where this vector family exists (a CMA-ES refinement exists at one layer only)."""
+        stacked = self.vectors[(position, component, method)]
+        return [layer for i, layer in enumerate(self.layers) if bool(torch.isfinite(stacked[i]).all())]
+
     def vector(self, position: str, component: str, method: str, layer: int) -> torch.Tensor:
         return self.vectors[(position, component, method)][self.layers.index(layer)]
 
@@ -172,6 +177,8 @@ def evaluate_vectors(activations: ActivationSet, vectors: VectorSet) -> list[Vec
         val_pos, val_neg = _split_sides(activations, val_idx, pos)
         for li, layer in enumerate(vectors.layers):
             threshold = float(vectors.baselines[(pos, comp, method)][li])
+            if not torch.isfinite(stacked[li]).all() or threshold != threshold:
+                continue  # not defined at this layer (e.g. a single-layer CMA-ES refinement)
             acc, auc, d, polarity = score_vector(stacked[li], threshold, val_pos[:, li], val_neg[:, li])
             scores.append(VectorScore(pos, comp, method, layer, acc, auc, d, polarity, len(val_idx)))
     return scores
