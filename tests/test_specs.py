@@ -188,3 +188,9 @@ def test_schema_written_and_matches_models(tmp_path):
 def test_experiment_name_must_be_a_dagster_group_name(tmp_path):
     errors = errors_of(make_project(tmp_path, "name: my-exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\n"))
     assert any(e.field == "name" and e.line == 1 and "my-exp" in e.message for e in errors)
+
+
+def test_a_folder_without_specs_is_not_a_project(tmp_path, capsys):
+    assert main(["validate", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no specs/experiments/ or specs/models/" in err and err.count("\n") == 1

@@ -238,6 +238,8 @@ def load_project(root: Path | str, experiments: list[str] | None = None) -> Proj
     root = Path(root)
     if not root.is_dir():
         raise TraitflowError(f"{root}: project root is not a folder")
+    if not (root / EXPERIMENTS_DIR).is_dir() and not (root / MODELS_DIR).is_dir():
+        raise TraitflowError(f"{root}: no specs/experiments/ or specs/models/ here; is this the project root? (--root DIR)")
     project = Project(root=root)
     errors: list[SpecError] = []
 
@@ -286,11 +288,9 @@ def load_project(root: Path | str, experiments: list[str] | None = None) -> Proj
             project.prompt_sets[name] = prompt_set
     for exp, _ in located_experiments:
         project.experiments[exp.name] = exp
-    if experiments:
-        missing = sorted(set(experiments) - set(project.experiments))
-        for name in missing:
-            if not any(name == e.spec.name for e, _ in located_experiments):
-                errors.append(SpecError(root / EXPERIMENTS_DIR, f"no experiment named {name!r}", field="name"))
+    if experiments and not errors:  # (an experiment that failed to load has said why already)
+        for name in sorted(set(experiments) - set(project.experiments)):
+            errors.append(SpecError(root / EXPERIMENTS_DIR, f"no experiment named {name!r}", field="name"))
     if errors:
         raise SpecErrors(errors)
     return project
