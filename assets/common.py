@@ -34,7 +34,7 @@ def _metadata_value(key: str, value):
 
 
 def for_each_partition(
-    context: dg.AssetExecutionContext, stage: Callable[..., dict], ctx: StageContext
+    context: dg.AssetExecutionContext, stage: Callable[..., dict], ctx: StageContext, dimension: str = "trait"
 ) -> dg.MaterializeResult:
     """Run `stage` for every partition of this run (one, or many under a single-run backfill),
     attaching each partition's own headline numbers to its materialization.
@@ -46,7 +46,7 @@ def for_each_partition(
     keys = context.partition_keys
     checks: dict[str, list[tuple[str, Check]]] = {}
     for number, key in enumerate(keys, start=1):
-        dims = split_key(partitions_def, key) if isinstance(partitions_def, dg.MultiPartitionsDefinition) else {"trait": key}
+        dims = split_key(partitions_def, key) if isinstance(partitions_def, dg.MultiPartitionsDefinition) else {dimension: key}
         context.log.info(f"[{number}/{len(keys)}] {context.asset_key.to_user_string()} {key}")
         numbers = stage(ctx, **dims)
         for name, check in numbers.pop("checks", {}).items():

@@ -40,4 +40,21 @@ def build_inference_assets(
     def projections(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, pipeline.run_projections, stage_context(context, project, exp, model, storage))
 
-    return [inference_responses, projections]
+    comparisons = pipeline.comparison_keys(exp)
+    if not comparisons:
+        return [inference_responses, projections]
+
+    @dg.asset(
+        name="variant_diff", key_prefix=[exp.name], group_name=exp.name,
+        partitions_def=dg.StaticPartitionsDefinition(comparisons), backfill_policy=SINGLE_RUN, pool=GPU_POOL,
+        kinds={"pytorch", "json"}, tags={"traitflow/stage": "comparison", "traitflow/experiment": exp.name},
+        deps=[dg.AssetDep(inference_responses, partition_mapping=every), dg.AssetDep(vectors, partition_mapping=every),
+              dg.AssetDep(extraction_eval, partition_mapping=every)],
+        code_version=exp.code_version("variant_diff"),
+        description="A's responses replayed through A and B: Cohen's d, cosine and per-token/clause deltas per trait x layer.",
+    )
+    def variant_diff(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, pipeline.run_variant_diff, stage_context(context, project, exp, model, storage),
+                                  dimension="comparison")
+
+    return [inference_responses, projections, variant_diff]

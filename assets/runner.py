@@ -23,6 +23,7 @@ STAGES = {
     "steering": ["steering", "cma_es"],
     "selection": ["best_vector"],
     "inference": ["inference_responses", "projections"],
+    "comparison": ["variant_diff"],
 }
 # `--stages extraction` means the whole extraction chain, generation included.
 ALIASES = {"extraction": ["generation", "extraction"]}

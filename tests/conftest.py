@@ -275,6 +275,8 @@ inference:
   prompt_sets: [starter/general]
   layers: best,best+1
   max_new_tokens: 4
+comparisons:
+  - {a: chat, b: plain, prompt_set: starter/general}
 """
 
 

@@ -26,7 +26,7 @@ def test_asset_graph_shape(tmp_path):
     root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
     assets = by_key(defs_for(root))
     expected = {"exp/trait_datasets", "exp/responses", "exp/vetting", "exp/logit_lens", "exp/steering", "exp/best_vector", "exp/activations", "exp/vectors", "exp/extraction_eval",
-                "exp/prompt_sets", "exp/inference_responses", "exp/projections"}
+                "exp/prompt_sets", "exp/inference_responses", "exp/projections", "exp/variant_diff"}
     assert expected == set(assets)
     responses = assets["exp/responses"]
     keys = responses.partitions_def.get_partition_keys()
@@ -60,7 +60,7 @@ def test_code_versions_follow_the_spec_fields_each_asset_reads(tmp_path):
 
     assert changed_by('layers: "best,best+2"', 'layers: "best"') == {"exp/projections"}
     extraction_chain = {"exp/activations", "exp/vectors", "exp/extraction_eval", "exp/logit_lens", "exp/projections",
-                        "exp/steering", "exp/best_vector"}
+                        "exp/steering", "exp/best_vector", "exp/variant_diff"}
     assert changed_by('layers: "30%-60%"', 'layers: "all"') == extraction_chain
     # A new vetting threshold re-filters (and re-extracts) but never regenerates responses.
     assert changed_by("extraction: {", "extraction: {vetting: {pos_threshold: 70}, ") == {"exp/vetting"} | extraction_chain

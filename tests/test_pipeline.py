@@ -44,8 +44,8 @@ def test_runs_cover_all_partitions_in_one_run_per_stage(materialized):
     runs = instance.get_runs()
     observations = [r for r in runs if r.job_name.startswith("t_observe_")]
     materializations = [r for r in runs if not r.job_name.startswith("t_observe_")]
-    # One run per stage (generation, extraction, steering, selection, inference), not one per partition.
-    assert len(observations) == 2 and len(materializations) == 5
+    # One run per stage (generation, extraction, steering, selection, inference, comparison), not per partition.
+    assert len(observations) == 2 and len(materializations) == 6
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     key = dg.AssetKey(["t", "vectors"])
     partitions = instance.get_materialized_partitions(key)
@@ -181,3 +181,25 @@ def test_editing_one_trait_makes_only_its_partitions_stale(project_root, materia
     # downstream partition stale as its parent is re-materialized with a new data version).
     assert after["responses starter/formal|chat"] == "STALE"
     assert after["responses starter/optimism|chat"] == "FRESH" and after["vectors starter/optimism|chat"] == "FRESH"
+
+
+def test_variant_diff_replays_a_through_b(project_root, materialized):
+    record = json.loads((project_root / "experiments/t/variant_diff/chat_vs_plain/starter/general/variant_diff.json").read_text())
+    assert (record["a"], record["b"], record["sign"]) == ("chat", "plain", "B - A")
+    for trait in ("starter/formal", "starter/optimism"):
+        info = record["traits"][trait]
+        assert [row["layer"] for row in info["layers"]] == [0, 1, 2]
+        peak = max(info["layers"], key=lambda r: abs(r["cohens_d"]))
+        assert info["peak"]["layer"] == peak["layer"]
+        for row in info["layers"]:
+            assert -1.0 <= row["cosine"] <= 1.0
+        for prompt in info["top_prompts"]:
+            assert len(prompt["tokens"]) == len(prompt["deltas"])
+
+
+def test_report_lists_comparisons(project_root, materialized, capsys):
+    assert main(["report", "t", "--root", str(project_root), "--json"]) == 0
+    comparisons = json.loads(capsys.readouterr().out)["comparisons"]
+    assert set(comparisons) == {"chat_vs_plain"}
+    for row in comparisons["chat_vs_plain"].values():
+        assert set(row) == {"layer", "cohens_d", "cohens_d_paired", "cosine"}

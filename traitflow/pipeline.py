@@ -515,3 +515,44 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
         means = response_means(record, probe.trait, probe.layers[0])
         summary[f"{probe.trait} mean (L{probe.layers[0]})"] = sum(means) / max(1, len(means))
     return summary
+
+
+# --------------------------------------------------------------------------- comparison
+def comparison_key(a: str, b: str, prompt_set: str) -> str:
+    return f"{a}_vs_{b}/{prompt_set}"
+
+
+def comparison_keys(exp: Experiment) -> list[str]:
+    return [comparison_key(c.a, c.b, c.prompt_set) for c in exp.spec.comparisons]
+
+
+def run_variant_diff(ctx: StageContext, comparison: str) -> dict:
+    """Replay A's responses through A and B; per trait and layer, how far B moves along the trait."""
+    from traitflow.compare.diff import Probe, compare_variants
+
+    exp = ctx.experiment
+    spec = next(c for c in exp.spec.comparisons if comparison_key(c.a, c.b, c.prompt_set) == comparison)
+    responses = ctx.store.read_json(ctx.path("inference_responses", (*spec.prompt_set.split("/"), spec.a)))
+    probes = []
+    for trait in exp.traits:
+        if not ctx.path("extraction_eval", trait_partition(trait, exp.extraction_variant)).exists():
+            continue
+        position, component, method, _ = monitored_vector(ctx, trait)
+        vectors = load_vectors(ctx, trait, exp.extraction_variant)
+        layers = vectors.defined_layers(position, component, method)
+        stacked = vectors.vectors[(position, component, method)]
+        probes.append(Probe(trait, layers, stacked[[vectors.layers.index(layer) for layer in layers]]))
+    if not probes:
+        raise TraitflowError(f"{exp.name}: no trait has extracted vectors yet; materialize extraction_eval first")
+    record = compare_variants(ctx.load_model(spec.a), ctx.load_model(spec.b), responses, probes, exp.spec.inference.batch_size)
+    path = ctx.store.path(exp.name, "variant_diff", tuple(comparison.split("/")), "variant_diff.json")
+    ctx.store.write_json(path, record)
+    numbers: dict[str, Any] = {"path": str(path), "n_prompts": record["n_prompts"]}
+    for trait, info in record["traits"].items():
+        numbers[f"{trait} peak d (L{info['peak']['layer']})"] = info["peak"]["cohens_d"]
+    return numbers
+
+
+def read_variant_diff(ctx: StageContext, comparison: str) -> dict | None:
+    path = ctx.store.path(ctx.experiment.name, "variant_diff", tuple(comparison.split("/")), "variant_diff.json")
+    return ctx.store.read_json(path) if path.exists() else None

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from traitflow.pipeline import FILES, StageContext, steering_variants, trait_partition
+from traitflow.pipeline import FILES, StageContext, comparison_key, read_variant_diff, steering_variants, trait_partition
 from traitflow.specs.loader import Project
 
 
@@ -41,7 +41,18 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
         for v in exp.inference_variants:
             part = (*prompt_set.split("/"), v)
             inference[f"{prompt_set}|{v}"] = [a for a in ("inference_responses", "projections") if ctx.path(a, part).exists()]
-    return {"experiment": exp.name, "storage": ctx.store.uri, "traits": traits, "inference": inference}
+    comparisons: dict[str, dict] = {}
+    for comparison in exp.spec.comparisons:
+        record = read_variant_diff(ctx, comparison_key(comparison.a, comparison.b, comparison.prompt_set))
+        if record is None:
+            continue
+        name = f"{comparison.a}_vs_{comparison.b}"
+        if len({c.prompt_set for c in exp.spec.comparisons if (c.a, c.b) == (comparison.a, comparison.b)}) > 1:
+            name += f"@{comparison.prompt_set}"
+        comparisons[name] = {trait: {k: info["peak"][k] for k in ("layer", "cohens_d", "cohens_d_paired", "cosine")}
+                             for trait, info in record["traits"].items()}
+    return {"experiment": exp.name, "storage": ctx.store.uri, "traits": traits, "inference": inference,
+            "comparisons": comparisons}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -67,6 +78,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("")
         for key, done in report["inference"].items():
             lines.append(f"inference {key}: {', '.join(done) or 'nothing'}")
+    for name, traits in report.get("comparisons", {}).items():
+        lines.append("")
+        lines.append(f"{name} (peak layer by |d|, d signed B - A; moved most first)")
+        for trait, row in sorted(traits.items(), key=lambda kv: -abs(kv[1]["cohens_d"])):
+            lines.append(f"  {trait:24} L{row['layer']:<3} d {row['cohens_d']:+6.2f}  paired d {row['cohens_d_paired']:+6.2f}  "
+                         f"cosine {row['cosine']:+.2f}")
     lines.append("")
     lines.append(f"artifacts: {report['storage']}/{report['experiment']}/<asset>/<partition>/ "
                  f"(e.g. vectors/<trait>/<variant>/{FILES['vectors']})")

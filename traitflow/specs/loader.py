@@ -79,6 +79,7 @@ ASSET_SPEC_FIELDS: dict[str, list[str]] = {
     "best_vector": ["steering.min_delta", "steering.cma_es.enabled"],
     "inference_responses": ["inference.max_new_tokens"],
     "projections": ["inference.layers", "inference.position", "inference.method"],
+    "variant_diff": ["comparisons", "inference.position", "inference.method"],
 }
 ASSET_UPSTREAM: dict[str, list[str]] = {
     "vetting": ["responses"],
@@ -90,6 +91,7 @@ ASSET_UPSTREAM: dict[str, list[str]] = {
     "cma_es": ["steering"],
     "best_vector": ["steering", "cma_es"],
     "projections": ["inference_responses", "extraction_eval"],
+    "variant_diff": ["inference_responses", "extraction_eval"],
 }
 
 
@@ -103,6 +105,8 @@ class Project:
 
 
 def _dump(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 

@@ -1,0 +1,120 @@
+"""Model comparison on identical tokens: replay variant A's responses through A and B, then measure
+how every trait's projection moves (d signed as B − A).
+
+Per trait and layer: Cohen's d of the per-prompt mean response projections (unpaired, pooled SD;
+and paired, mean difference over SD of differences), the cosine between the mean activation
+difference (B − A, response tokens) and the trait vector, and the peak layer by |d| (the reference
+toolkit's rule). Per token: B − A deltas; per clause (split at punctuation): mean delta, ranked
+across the prompt set.
+"""
+
+import re
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+CLAUSE_END = re.compile(r"[.,;:!?]")
+
+
+@dataclass(frozen=True)
+class Probe:
+    trait: str
+    layers: list[int]
+    vectors: torch.Tensor  # [len(layers), hidden] unit vectors
+
+
+def cohens_d(b: list[float], a: list[float]) -> float:
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    pooled = ((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b)) / (len(a) + len(b) - 2)
+    delta = statistics.fmean(b) - statistics.fmean(a)
+    return delta / pooled**0.5 if pooled > 0 else 0.0
+
+
+def paired_d(b: list[float], a: list[float]) -> float:
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    if len(diffs) < 2:
+        return float("nan")
+    sd = statistics.stdev(diffs)
+    return statistics.fmean(diffs) / sd if sd > 0 else 0.0
+
+
+def _clauses(tokens: list[str], deltas: list[float]) -> list[tuple[str, float]]:
+    out, words, values = [], [], []
+    for token, delta in zip(tokens, deltas, strict=True):
+        words.append(token)
+        values.append(delta)
+        if CLAUSE_END.search(token):
+            out.append(("".join(words).strip(), statistics.fmean(values)))
+            words, values = [], []
+    if words:
+        out.append(("".join(words).strip(), statistics.fmean(values)))
+    return [(text, value) for text, value in out if text]
+
+
+def compare_variants(model_a: Any, model_b: Any, responses: dict, probes: list[Probe], batch_size: int = 16,
+                     top_clauses: int = 10) -> dict:
+    """The variant_diff record for A's responses replayed through A and B."""
+    from traitflow.model.hooks import capture_pooled, project_tokens
+
+    layers = sorted({layer for p in probes for layer in p.layers})
+    hidden = probes[0].vectors.shape[-1]
+    stacked = torch.zeros(len(probes), len(layers), hidden)
+    for ti, probe in enumerate(probes):
+        for li, layer in enumerate(probe.layers):
+            stacked[ti, layers.index(layer)] = probe.vectors[li]
+    items = [it for it in responses["items"] if it["response_ids"]]
+    sequences = [(it["prompt_ids"], it["response_ids"]) for it in items]
+    proj_a = project_tokens(model_a, sequences, layers, stacked, batch_size=batch_size)
+    proj_b = project_tokens(model_b, sequences, layers, stacked, batch_size=batch_size)
+    mean_a = capture_pooled(model_a, sequences, layers, ["response[:]"], batch_size=batch_size)["response[:]"].mean(0)
+    mean_b = capture_pooled(model_b, sequences, layers, ["response[:]"], batch_size=batch_size)["response[:]"].mean(0)
+    activation_diff = mean_b - mean_a  # [layers, hidden]
+
+    tokenizer = model_a.tokenizer
+    traits: dict[str, dict] = {}
+    for ti, probe in enumerate(probes):
+        per_layer = []
+        for layer in probe.layers:
+            li = layers.index(layer)
+            a_means = [float(p.scores[ti, li, p.prompt_len:].mean()) for p in proj_a]
+            b_means = [float(p.scores[ti, li, p.prompt_len:].mean()) for p in proj_b]
+            diff = activation_diff[li]
+            cosine = float(diff @ stacked[ti, li] / diff.norm().clamp_min(1e-12))
+            per_layer.append({"layer": layer, "cohens_d": cohens_d(b_means, a_means), "cohens_d_paired": paired_d(b_means, a_means),
+                              "cosine": cosine, "mean_a": statistics.fmean(a_means), "mean_b": statistics.fmean(b_means)})
+        peak = max(per_layer, key=lambda r: abs(r["cohens_d"]) if r["cohens_d"] == r["cohens_d"] else -1)
+        li = layers.index(peak["layer"])
+        clauses, prompts = [], []
+        for item, pa, pb in zip(items, proj_a, proj_b, strict=True):
+            deltas = (pb.scores[ti, li, pa.prompt_len:] - pa.scores[ti, li, pa.prompt_len:]).tolist()
+            tokens = [tokenizer.decode([t]) for t in item["response_ids"]]
+            prompts.append({"id": item["id"], "mean_delta": statistics.fmean(deltas), "tokens": tokens,
+                            "deltas": [round(d, 4) for d in deltas]})
+            clauses += [{"id": item["id"], "clause": text, "delta": value} for text, value in _clauses(tokens, deltas)]
+        clauses.sort(key=lambda c: -abs(c["delta"]))
+        prompts.sort(key=lambda p: -abs(p["mean_delta"]))
+        # Layer sensitivity: how the per-prompt shifts at each layer agree with the peak layer's.
+        peak_shifts = [float((pb.scores[ti, li, pb.prompt_len:] - pa.scores[ti, li, pa.prompt_len:]).mean())
+                       for pa, pb in zip(proj_a, proj_b, strict=True)]
+        for row in per_layer:
+            lj = layers.index(row["layer"])
+            shifts = [float((pb.scores[ti, lj, pb.prompt_len:] - pa.scores[ti, lj, pa.prompt_len:]).mean())
+                      for pa, pb in zip(proj_a, proj_b, strict=True)]
+            row["delta"] = statistics.fmean(shifts)
+            row["correlation_with_peak"] = _correlation(shifts, peak_shifts)
+        traits[probe.trait] = {"peak": peak, "layers": per_layer, "top_clauses": clauses[:top_clauses],
+                               "top_prompts": prompts[:5]}
+    return {"a": model_a.spec.name, "b": model_b.spec.name, "prompt_set": responses["prompt_set"], "n_prompts": len(items),
+            "sign": "B - A", "traits": traits}
+
+
+def _correlation(x: list[float], y: list[float]) -> float:
+    if len(x) < 2:
+        return float("nan")
+    try:
+        return statistics.correlation(x, y)
+    except statistics.StatisticsError:
+        return float("nan")
