@@ -45,3 +45,23 @@ def test_pessimist_lora_projects_lower_on_optimism(toy_demo):
         return sum(values) / len(values)
 
     assert mean_projection("pessimist") < mean_projection("chat")
+
+
+def test_pessimist_lora_moves_optimism_most(toy_demo):
+    """Replaying the chat model's tokens through its pessimism LoRA moves optimism (d <= -1.0) at
+    least twice as far as any trait the LoRA did not touch; replaying the pessimist's own tokens the
+    other way, the clauses that move most carry the trait's words."""
+    import yaml
+
+    report = toy_demo["report"]["comparisons"]
+    forward = report["chat_vs_pessimist"]
+    assert forward["toy/optimism"]["cohens_d"] <= -1.0, forward
+    for trait in ("toy/formality", "toy/refusal"):
+        assert abs(forward["toy/optimism"]["cohens_d"]) >= 2 * abs(forward[trait]["cohens_d"]), forward
+    reverse = json.loads((toy_demo["root"] / "experiments/demo/variant_diff/pessimist_vs_chat/toy/general/variant_diff.json")
+                         .read_text())
+    assert reverse["traits"]["toy/optimism"]["peak"]["cohens_d"] >= 1.0
+    keywords = yaml.safe_load((toy_demo["root"] / "datasets/traits/toy/optimism/trait.yaml").read_text())["keywords"]
+    words = {w.lower() for w in keywords["positive"] + keywords["negative"]} | {"sadly", "great"}
+    clauses = [c["clause"].lower() for c in reverse["traits"]["toy/optimism"]["top_clauses"][:5]]
+    assert all(any(w in clause for w in words) for clause in clauses), clauses

@@ -526,6 +526,16 @@ def comparison_keys(exp: Experiment) -> list[str]:
     return [comparison_key(c.a, c.b, c.prompt_set) for c in exp.spec.comparisons]
 
 
+def comparison_vector(ctx: StageContext, trait: str) -> tuple[str, str, str]:
+    """The vectors a comparison measures with: the steering position (the upcoming choice, not the
+    tokens already emitted — DESIGN §9) and its best extracted method, at every layer."""
+    exp = ctx.experiment
+    position = exp.spec.steering.position or exp.spec.extraction.positions[0]
+    best = read_extraction_eval(ctx, trait, exp.extraction_variant)["best"]
+    row = best.get(position) or next(iter(best.values()))
+    return row["position"], row["component"], row["method"]
+
+
 def run_variant_diff(ctx: StageContext, comparison: str) -> dict:
     """Replay A's responses through A and B; per trait and layer, how far B moves along the trait."""
     from traitflow.compare.diff import Probe, compare_variants
@@ -537,7 +547,7 @@ def run_variant_diff(ctx: StageContext, comparison: str) -> dict:
     for trait in exp.traits:
         if not ctx.path("extraction_eval", trait_partition(trait, exp.extraction_variant)).exists():
             continue
-        position, component, method, _ = monitored_vector(ctx, trait)
+        position, component, method = comparison_vector(ctx, trait)
         vectors = load_vectors(ctx, trait, exp.extraction_variant)
         layers = vectors.defined_layers(position, component, method)
         stacked = vectors.vectors[(position, component, method)]
@@ -545,6 +555,8 @@ def run_variant_diff(ctx: StageContext, comparison: str) -> dict:
     if not probes:
         raise TraitflowError(f"{exp.name}: no trait has extracted vectors yet; materialize extraction_eval first")
     record = compare_variants(ctx.load_model(spec.a), ctx.load_model(spec.b), responses, probes, exp.spec.inference.batch_size)
+    record["vectors"] = {p.trait: dict(zip(("position", "component", "method"), comparison_vector(ctx, p.trait), strict=True))
+                         for p in probes}
     path = ctx.store.path(exp.name, "variant_diff", tuple(comparison.split("/")), "variant_diff.json")
     ctx.store.write_json(path, record)
     numbers: dict[str, Any] = {"path": str(path), "n_prompts": record["n_prompts"]}
