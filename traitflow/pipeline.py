@@ -429,15 +429,30 @@ def read_best_vector(ctx: StageContext, trait: str) -> dict | None:
 
 # --------------------------------------------------------------------------- inference
 def run_inference_responses(ctx: StageContext, prompt_set: str, variant: str) -> dict:
-    from traitflow.monitor.inference import generate_inference_responses
+    """Responses of a variant to a prompt set: generated (greedy or sampled), imported from a file,
+    or replayed from another variant's exact token ids (the three modes of the reference toolkit)."""
+    from traitflow.monitor.inference import generate_inference_responses, import_responses, replay_responses
 
     spec = ctx.experiment.spec.inference
+    prompts = ctx.project.prompt_sets[prompt_set]
     loaded = ctx.load_model(variant)
-    record = generate_inference_responses(loaded, ctx.project.prompt_sets[prompt_set], spec.max_new_tokens, spec.batch_size)
-    record["input_hashes"] = {"prompt_set": ctx.project.prompt_sets[prompt_set].content_hash()}
+    if variant in spec.replay:
+        source = spec.replay[variant]
+        source_path = ctx.path("inference_responses", (*prompt_set.split("/"), source))
+        if source_path.exists():
+            source_record = ctx.store.read_json(source_path)
+        else:  # same run, later partition: generate the source's tokens now (greedy is deterministic)
+            source_record = generate_inference_responses(ctx.load_model(source), prompts, spec.max_new_tokens, spec.batch_size,
+                                                         sample=spec.sample)
+        record = replay_responses(loaded, source_record)
+    elif variant in spec.import_responses:
+        record = import_responses(loaded, prompts, ctx.project.root / spec.import_responses[variant])
+    else:
+        record = generate_inference_responses(loaded, prompts, spec.max_new_tokens, spec.batch_size, sample=spec.sample)
+    record["input_hashes"] = {"prompt_set": prompts.content_hash()}
     path = ctx.path("inference_responses", (*prompt_set.split("/"), variant))
     ctx.store.write_json(path, record)
-    return {"path": str(path), "n_prompts": len(record["items"])}
+    return {"path": str(path), "n_prompts": len(record["items"]), "mode": record["mode"]}
 
 
 def monitored_vector(ctx: StageContext, trait: str) -> tuple[str, str, str, int]:

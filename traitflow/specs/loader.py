@@ -363,6 +363,19 @@ def _resolve_experiment(
         for j, v in enumerate(bench.variants):
             check_variant(("benchmarks", i, "variants", j), v)
 
+    for variant, source in spec.inference.replay.items():
+        check_variant(("inference", "replay", variant), variant)
+        check_variant(("inference", "replay", variant), source)
+        if source in spec.inference.replay:
+            err(("inference", "replay", variant), f"{source!r} replays another variant itself; replay a generating variant")
+    for variant, file in spec.inference.import_responses.items():
+        check_variant(("inference", "import", variant), variant)
+        try:
+            if not safe_relative(root, file, path, located.line_of(("inference", "import", variant)), f"inference.import.{variant}").exists():
+                err(("inference", "import", variant), f"file {file!r} does not exist")
+        except SpecError as exc:
+            errors.append(exc)
+
     prompt_sets: list[str] = []
     refs = [(("inference", "prompt_sets", i), p) for i, p in enumerate(spec.inference.prompt_sets)]
     refs += [(("comparisons", i, "prompt_set"), c.prompt_set) for i, c in enumerate(spec.comparisons)]

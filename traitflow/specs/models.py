@@ -135,8 +135,20 @@ class SteeringSpec(Strict):
     cma_es: CmaSpec = CmaSpec()
 
 
+class SamplingSpec(Strict):
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+
+
 class InferenceSpec(Strict):
     variants: list[str] = Field(default_factory=list, description="Default: every variant.")
+    sample: SamplingSpec | None = Field(None, description="Sample instead of greedy decoding.")
+    replay: dict[str, str] = Field(
+        default_factory=dict, description="variant -> the variant whose exact token ids it replays (prefill, no generation).")
+    import_responses: dict[str, str] = Field(
+        default_factory=dict, alias="import",
+        description="variant -> a JSON file of externally produced responses ([{id, response}] or {items: [...]}).")
     prompt_sets: list[str] = Field(default_factory=list)
     layers: str | int = Field("best", description="Layer DSL plus best, best+N, best-N.")
     position: str | None = Field(None, description="Which extracted vectors to monitor (default: the first position).")

@@ -1,0 +1,62 @@
+"""The three ways to get responses for monitoring: generate, replay another variant's ids, import a file."""
+
+import json
+import shutil
+
+import dagster as dg
+
+from assets.runner import run_experiment
+from traitflow.specs.loader import load_project
+
+EXPERIMENT = """\
+name: modes
+variants:
+  chat: {model: models/llama, device: cpu}
+  replayer: {model: models/llama, device: cpu, chat_template: false}
+  external: {model: models/llama, device: cpu}
+traits: [starter/optimism]
+inference:
+  prompt_sets: [starter/general]
+  max_new_tokens: 5
+  replay: {replayer: chat}
+  import: {external: data/external.json}
+"""
+
+
+def test_generate_replay_and_import(project_root, tmp_path):
+    root = tmp_path / "proj"
+    shutil.copytree(project_root, root, ignore=shutil.ignore_patterns("experiments", "specs"))
+    (root / "specs" / "experiments").mkdir(parents=True)
+    (root / "specs" / "experiments" / "modes.yaml").write_text(EXPERIMENT)
+    prompts = json.loads((root / "datasets/inference/starter/general.json").read_text())["prompts"]
+    (root / "data").mkdir()
+    (root / "data" / "external.json").write_text(json.dumps(
+        [{"id": p["id"], "response": f"An external answer number {p['id']}."} for p in prompts]))
+    run_experiment(load_project(root), "modes", stages=["inference_responses"], instance=dg.DagsterInstance.ephemeral())
+
+    def record(variant: str) -> dict:
+        return json.loads((root / f"experiments/modes/inference_responses/starter/general/{variant}/responses.json").read_text())
+
+    chat, replayer, external = record("chat"), record("replayer"), record("external")
+    assert chat["mode"] == "greedy" and replayer["mode"] == "replay" and external["mode"] == "import"
+    assert replayer["replayed_from"] == "chat"
+    for a, b in zip(chat["items"], replayer["items"], strict=True):
+        assert (a["prompt_ids"], a["response_ids"]) == (b["prompt_ids"], b["response_ids"])  # the very same tokens
+    assert external["tokenized_from_text"] is True
+    assert external["items"][0]["response"] == f"An external answer number {prompts[0]['id']}."
+    assert len(external["items"][0]["response_ids"]) > 3
+
+
+def test_import_file_must_exist(project_root, tmp_path):
+    from traitflow.errors import SpecErrors
+
+    root = tmp_path / "proj"
+    shutil.copytree(project_root, root, ignore=shutil.ignore_patterns("experiments", "specs"))
+    (root / "specs" / "experiments").mkdir(parents=True)
+    (root / "specs" / "experiments" / "modes.yaml").write_text(EXPERIMENT)
+    try:
+        load_project(root)
+    except SpecErrors as errors:
+        assert any(e.field == "inference.import.external" and "does not exist" in e.message for e in errors.errors)
+    else:
+        raise AssertionError("a missing import file must be a spec error")
