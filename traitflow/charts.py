@@ -127,3 +127,58 @@ def steering_chart(log_entries: list[dict], trait: str, min_coherence: float = 7
     ).properties(width=120, height=160, title=f"best delta (coherence >= {min_coherence:g})")
     chart = alt.hconcat(*panels, bars).properties(title=f"{trait}: steering search (dashed: unsteered)")
     return render(chart, "steering_search")
+
+
+def projection_charts(record: dict, top_traits: int = 3) -> RenderedChart:
+    """For the prompt whose response moves most: a per-token trajectory of the top traits, and a
+    tokens × traits heatmap (each trait at its first monitored layer)."""
+    import altair as alt
+
+    def spread(item: dict, trait: str) -> float:
+        layer = str(record["traits"][trait]["layers"][0])
+        values = item["scores"][trait][layer][item["prompt_len"]:]
+        return (max(values) - min(values)) if values else 0.0
+
+    item = max(record["items"], key=lambda it: sum(spread(it, t) for t in record["traits"]))
+    ranked = sorted(record["traits"], key=lambda t: -spread(item, t))
+    rows = []
+    tokens = item["tokens"][item["prompt_len"]:]
+    for trait in ranked:
+        layer = str(record["traits"][trait]["layers"][0])
+        values = item["scores"][trait][layer][item["prompt_len"]:]
+        for index, (token, value) in enumerate(zip(tokens, values, strict=False)):
+            rows.append({"trait": trait, "index": index, "token": token.replace("Ġ", " ").replace("Ċ", "\\n"), "score": value})
+    top = [r for r in rows if r["trait"] in ranked[:top_traits]]
+    trajectory = alt.Chart(alt.Data(values=top)).mark_line(point=True).encode(
+        x=alt.X("index:Q", title="response token"), y=alt.Y("score:Q", title="h·v̂"), color="trait:N",
+        tooltip=["trait:N", "token:N", "score:Q"],
+    ).properties(width=420, height=160, title=f"prompt {item['id']}: per-token projections")
+    heat = alt.Chart(alt.Data(values=rows)).mark_rect().encode(
+        x=alt.X("index:O", title=None, axis=alt.Axis(labels=False, ticks=False)), y=alt.Y("trait:N", title=None),
+        color=alt.Color("score:Q", scale=alt.Scale(scheme="redblue", domainMid=0)),
+        tooltip=["trait:N", "token:N", "score:Q"],
+    ).properties(width=420, height=18 * len(ranked), title="tokens × traits")
+    return render(alt.vconcat(trajectory, heat).properties(title=f"{record['prompt_set']} on {record['variant']}"), "projections")
+
+
+def comparison_charts(record: dict) -> RenderedChart:
+    """Effect size (peak Cohen's d, B − A) by trait, and the per-token delta of the optimism-most-moved
+    trait for the prompts with the largest shift."""
+    import altair as alt
+
+    effect = [{"trait": t, "d": info["peak"]["cohens_d"], "layer": info["peak"]["layer"]} for t, info in record["traits"].items()]
+    bars = alt.Chart(alt.Data(values=effect)).mark_bar().encode(
+        x=alt.X("d:Q", title="peak Cohen's d (B − A)"), y=alt.Y("trait:N", sort="-x", title=None),
+        color=alt.condition(alt.datum.d > 0, alt.value("#2a9d8f"), alt.value("#e76f51")), tooltip=["trait:N", "d:Q", "layer:O"],
+    ).properties(width=260, height=22 * len(effect), title="effect size by trait")
+    moved = max(record["traits"], key=lambda t: abs(record["traits"][t]["peak"]["cohens_d"]))
+    rows = []
+    for prompt in record["traits"][moved]["top_prompts"][:3]:
+        for index, (token, delta) in enumerate(zip(prompt["tokens"], prompt["deltas"], strict=False)):
+            rows.append({"prompt": str(prompt["id"]), "index": index, "token": token, "delta": delta})
+    lines = alt.Chart(alt.Data(values=rows)).mark_line(point=True).encode(
+        x=alt.X("index:Q", title="response token"), y=alt.Y("delta:Q", title="B − A"), color=alt.Color("prompt:N"),
+        tooltip=["prompt:N", "token:N", "delta:Q"],
+    ).properties(width=320, height=160, title=f"{moved}: per-token delta, largest shifts")
+    chart = alt.hconcat(bars, lines).properties(title=f"{record['a']} → {record['b']} on {record['prompt_set']}")
+    return render(chart, "variant_diff")

@@ -525,7 +525,12 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
     record["skipped_traits"] = skipped
     path = ctx.path("projections", (*prompt_set.split("/"), variant))
     ctx.store.write_json(path, record)
-    summary: dict[str, Any] = {"path": str(path), "n_prompts": len(record["items"])}
+    from traitflow.charts import projection_charts
+
+    chart = projection_charts(record)
+    files = chart.write(path.parent)
+    summary: dict[str, Any] = {"path": str(path), "n_prompts": len(record["items"]), "chart_html": str(files["html"]),
+                               "chart": Markdown(chart.markdown(f"{prompt_set} on {variant}"))}
     for probe in probes:
         means = response_means(record, probe.trait, probe.layers[0])
         summary[f"{probe.trait} mean (L{probe.layers[0]})"] = sum(means) / max(1, len(means))
@@ -574,7 +579,12 @@ def run_variant_diff(ctx: StageContext, comparison: str) -> dict:
                          for p in probes}
     path = ctx.store.path(exp.name, "variant_diff", tuple(comparison.split("/")), "variant_diff.json")
     ctx.store.write_json(path, record)
-    numbers: dict[str, Any] = {"path": str(path), "n_prompts": record["n_prompts"]}
+    from traitflow.charts import comparison_charts
+
+    chart = comparison_charts(record)
+    files = chart.write(path.parent)
+    numbers: dict[str, Any] = {"path": str(path), "n_prompts": record["n_prompts"], "chart_html": str(files["html"]),
+                               "chart": Markdown(chart.markdown(comparison))}
     for trait, info in record["traits"].items():
         numbers[f"{trait} peak d (L{info['peak']['layer']})"] = info["peak"]["cohens_d"]
     return numbers
