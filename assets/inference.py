@@ -32,8 +32,20 @@ def build_inference_assets(
     every = dg.AllPartitionMapping()
 
     @dg.asset(
+        name="calibration", key_prefix=[exp.name], group_name=exp.name,
+        partitions_def=dg.StaticPartitionsDefinition(list(exp.variants)), backfill_policy=SINGLE_RUN, pool=GPU_POOL,
+        kinds={"pytorch", "json"}, tags={"traitflow/stage": "calibration", "traitflow/experiment": exp.name},
+        code_version=exp.code_version("calibration"),
+        description="Massive activation dims and mean norms per layer and component, on traitflow's neutral prompts.",
+    )
+    def calibration(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, pipeline.run_calibration, stage_context(context, project, exp, model, storage),
+                                  dimension="variant")
+
+    @dg.asset(
         name="projections", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
-        deps=[inference_responses, dg.AssetDep(vectors, partition_mapping=every), dg.AssetDep(extraction_eval, partition_mapping=every)],
+        deps=[inference_responses, dg.AssetDep(vectors, partition_mapping=every), dg.AssetDep(extraction_eval, partition_mapping=every),
+              dg.AssetDep(calibration, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant"))],
         code_version=exp.code_version("projections"),
         description="Per-token projections (h·v̂ and ‖h‖) of every response onto every trait's vector.",
     )
@@ -42,7 +54,7 @@ def build_inference_assets(
 
     comparisons = pipeline.comparison_keys(exp)
     if not comparisons:
-        return [inference_responses, projections]
+        return [calibration, inference_responses, projections]
 
     @dg.asset(
         name="variant_diff", key_prefix=[exp.name], group_name=exp.name,
@@ -57,4 +69,4 @@ def build_inference_assets(
         return for_each_partition(context, pipeline.run_variant_diff, stage_context(context, project, exp, model, storage),
                                   dimension="comparison")
 
-    return [inference_responses, projections, variant_diff]
+    return [calibration, inference_responses, projections, variant_diff]

@@ -22,6 +22,7 @@ STAGES = {
     "extraction": ["activations", "vectors", "extraction_eval", "logit_lens"],
     "steering": ["steering", "cma_es"],
     "selection": ["best_vector"],
+    "calibration": ["calibration"],
     "inference": ["inference_responses", "projections"],
     "comparison": ["variant_diff"],
 }

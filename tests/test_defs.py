@@ -26,7 +26,7 @@ def test_asset_graph_shape(tmp_path):
     root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
     assets = by_key(defs_for(root))
     expected = {"exp/trait_datasets", "exp/responses", "exp/vetting", "exp/logit_lens", "exp/steering", "exp/best_vector", "exp/activations", "exp/vectors", "exp/extraction_eval",
-                "exp/prompt_sets", "exp/inference_responses", "exp/projections", "exp/variant_diff"}
+                "exp/prompt_sets", "exp/inference_responses", "exp/projections", "exp/variant_diff", "exp/calibration"}
     assert expected == set(assets)
     responses = assets["exp/responses"]
     keys = responses.partitions_def.get_partition_keys()
@@ -39,7 +39,7 @@ def test_asset_graph_shape(tmp_path):
     assert responses.specs_by_key[responses.key].tags["traitflow/stage"] == "extraction"
     assert projections.specs_by_key[projections.key].tags["traitflow/stage"] == "inference"
     deps = {d.asset_key.to_user_string() for d in projections.specs_by_key[projections.key].deps}
-    assert deps == {"exp/inference_responses", "exp/vectors", "exp/extraction_eval"}
+    assert deps == {"exp/inference_responses", "exp/vectors", "exp/extraction_eval", "exp/calibration"}
     graph = dg.Definitions.validate_loadable(defs_for(root))  # raises if the graph is inconsistent
     assert graph is None
 

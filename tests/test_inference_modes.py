@@ -60,3 +60,19 @@ def test_import_file_must_exist(project_root, tmp_path):
         assert any(e.field == "inference.import.external" and "does not exist" in e.message for e in errors.errors)
     else:
         raise AssertionError("a missing import file must be a spec error")
+
+
+def test_projection_score_options_through_the_pipeline(project_root, materialized, tmp_path):
+    """score: normalized, centre and clean_massive_dims use the calibration asset's numbers."""
+    root = tmp_path / "proj"
+    shutil.copytree(project_root, root)
+    spec = root / "specs" / "experiments" / "t.yaml"
+    spec.write_text(spec.read_text().replace("  layers: best,best+1\n",
+                                             "  layers: best,best+1\n  score: normalized\n  centre: true\n  clean_massive_dims: true\n"))
+    run_experiment(load_project(root), "t", stages=["calibration", "projections"], instance=dg.DagsterInstance.ephemeral())
+    calibration = json.loads((root / "experiments/t/calibration/chat/calibration.json").read_text())
+    assert len(calibration["components"]["residual"]["mean_norm"]) == 3 and calibration["n_tokens"] > 0
+    plain = json.loads((project_root / "experiments/t/projections/starter/general/chat/projections.json").read_text())
+    tuned = json.loads((root / "experiments/t/projections/starter/general/chat/projections.json").read_text())
+    assert (tuned["mode"], tuned["centred"]) == ("normalized", True)
+    assert tuned["items"][0]["scores"] != plain["items"][0]["scores"]

@@ -26,6 +26,7 @@ FILES = {
     "steering": "summary.json",
     "best_vector": "best_vector.json",
     "cma_es": "cma_es.json",
+    "calibration": "calibration.json",
     "inference_responses": "responses.json",
     "projections": "projections.json",
 }
@@ -455,6 +456,30 @@ def run_inference_responses(ctx: StageContext, prompt_set: str, variant: str) ->
     return {"path": str(path), "n_prompts": len(record["items"]), "mode": record["mode"]}
 
 
+def run_calibration(ctx: StageContext, variant: str) -> dict:
+    """Massive activation dims and mean norms per layer and component, on traitflow's neutral prompts."""
+    from traitflow.monitor.calibration import calibrate, neutral_prompt_ids
+
+    loaded = ctx.load_model(variant)
+    record = calibrate(loaded, neutral_prompt_ids(loaded), batch_size=ctx.experiment.spec.inference.batch_size)
+    record["variant"] = variant
+    path = ctx.store.path(ctx.experiment.name, "calibration", (variant,), FILES["calibration"])
+    ctx.store.write_json(path, record)
+    top = record["massive"][-1]["dims"][0] if record["massive"] and record["massive"][-1]["dims"] else None
+    return {"path": str(path), "n_tokens": record["n_tokens"], "recurring_dims": str(record["recurring_dims"]),
+            "last_layer_top_dim": top["dim"] if top else -1,
+            "last_layer_top_ratio": (top or {}).get("ratio_to_median") or 0.0,
+            "last_layer_mean_norm": record["components"]["residual"]["mean_norm"][-1]}
+
+
+def read_calibration(ctx: StageContext, variant: str) -> dict:
+    path = ctx.store.path(ctx.experiment.name, "calibration", (variant,), FILES["calibration"])
+    if not path.exists():
+        raise TraitflowError(f"{ctx.experiment.name}: inference.score/clean_massive_dims need the calibration of "
+                             f"{variant}; materialize `calibration` first")
+    return ctx.store.read_json(path)
+
+
 def monitored_vector(ctx: StageContext, trait: str) -> tuple[str, str, str, int]:
     """(position, component, method, best layer) of the vector a trait is monitored with."""
     spec = ctx.experiment.spec
@@ -501,7 +526,7 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
     exp = ctx.experiment
     responses = ctx.store.read_json(ctx.path("inference_responses", (*prompt_set.split("/"), variant)))
     loaded = ctx.load_model(variant)
-    probes, skipped = [], []
+    probes, skipped, baselines = [], [], {}
     for trait in exp.traits:
         if not ctx.path("extraction_eval", trait_partition(trait, exp.extraction_variant)).exists():
             skipped.append(trait)  # e.g. vetting left too few replies: there is no vector to monitor
@@ -517,11 +542,22 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
         if missing:
             raise TraitflowError(f"{exp.path}: inference.layers asks for layers {missing} that extraction did not cover")
         stacked = vectors.vectors[(position, component, method)]
-        probes.append(TraitProbe(trait, position, component, method, layers,
-                                 stacked[[vectors.layers.index(layer) for layer in layers]]))
+        rows = [vectors.layers.index(layer) for layer in layers]
+        probes.append(TraitProbe(trait, position, component, method, layers, stacked[rows]))
+        baselines[trait] = [float(vectors.baselines[(position, component, method)][r]) for r in rows]
     if not probes:
         raise TraitflowError(f"{exp.name}: no trait has extracted vectors yet; materialize extraction_eval first")
-    record = project_responses(loaded, responses, probes, exp.spec.inference.batch_size)
+    spec = exp.spec.inference
+    options: dict[str, Any] = {"mode": spec.score}
+    if spec.score == "normalized" or spec.clean_massive_dims:
+        from traitflow.monitor.calibration import massive_dims, mean_norms
+
+        calibration = read_calibration(ctx, variant)
+        options["mean_norms"] = mean_norms(calibration) if spec.score == "normalized" else None
+        options["clean_dims"] = massive_dims(calibration) if spec.clean_massive_dims else None
+    if spec.centre:
+        options["centre"] = {p.trait: dict(zip(p.layers, baselines[p.trait], strict=True)) for p in probes}
+    record = project_responses(loaded, responses, probes, exp.spec.inference.batch_size, **options)
     record["skipped_traits"] = skipped
     path = ctx.path("projections", (*prompt_set.split("/"), variant))
     ctx.store.write_json(path, record)

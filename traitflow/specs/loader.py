@@ -78,7 +78,9 @@ ASSET_SPEC_FIELDS: dict[str, list[str]] = {
     "cma_es": ["steering.cma_es", "steering.search.min_coherence"],
     "best_vector": ["steering.min_delta", "steering.cma_es.enabled"],
     "inference_responses": ["inference.max_new_tokens"],
-    "projections": ["inference.layers", "inference.position", "inference.method"],
+    "calibration": ["inference.batch_size"],
+    "projections": ["inference.layers", "inference.position", "inference.method", "inference.score", "inference.centre",
+                    "inference.clean_massive_dims"],
     "variant_diff": ["comparisons", "inference.position", "inference.method"],
 }
 ASSET_UPSTREAM: dict[str, list[str]] = {
@@ -90,7 +92,7 @@ ASSET_UPSTREAM: dict[str, list[str]] = {
     "steering": ["extraction_eval"],
     "cma_es": ["steering"],
     "best_vector": ["steering", "cma_es"],
-    "projections": ["inference_responses", "extraction_eval"],
+    "projections": ["inference_responses", "extraction_eval", "calibration"],
     "variant_diff": ["inference_responses", "extraction_eval"],
 }
 

@@ -152,6 +152,10 @@ class InferenceSpec(Strict):
     prompt_sets: list[str] = Field(default_factory=list)
     layers: str | int = Field("best", description="Layer DSL plus best, best+N, best-N.")
     position: str | None = Field(None, description="Which extracted vectors to monitor (default: the first position).")
+    score: Literal["raw", "cosine", "normalized"] = Field(
+        "raw", description="raw h·v̂, cosine h·v̂/‖h‖, or normalized h·v̂ / the layer's mean ‖h‖ (from calibration).")
+    centre: bool = Field(False, description="Subtract the vector's class-midpoint baseline first.")
+    clean_massive_dims: bool = Field(False, description="Leave out the calibration's massive dims before projecting.")
     method: str | None = Field(None, description="Vector method to monitor (default: the best at that position).")
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(16, ge=1)
