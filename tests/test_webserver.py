@@ -96,6 +96,10 @@ def test_webserver_shows_materialized_partitions_with_metadata(webserver):
     entries = {e["label"]: e for e in steering["assetOrError"]["assetMaterializations"][0]["metadataEntries"]}
     assert entries["chart"]["mdStr"].count("data:image/png;base64,") == 1
     assert entries["results_log"]["path"].endswith("results.jsonl")
+    for asset, partition in (("projections", "starter/general|chat"), ("variant_diff", "chat_vs_plain/starter/general")):
+        data = graphql(webserver, MATERIALIZATIONS, {"key": {"path": ["t", asset]}, "partitions": [partition]})
+        entries = {e["label"]: e for e in data["assetOrError"]["assetMaterializations"][0]["metadataEntries"]}
+        assert entries["chart"]["mdStr"].count("data:image/png;base64,") == 1, asset
 
 
 CHECKS = """

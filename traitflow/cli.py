@@ -1,4 +1,4 @@
-"""`traitflow` command: validate, schema, run, report, export.
+"""`traitflow` command: validate, schema, run, report, export, monitor.
 
 User mistakes print one line each (no traceback) and exit 2.
 """
@@ -90,6 +90,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="default: <trait>-<variant>-<method>.gguf in the current folder")
     p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
     p.set_defaults(handler=cmd_export)
+
+    p = with_root(sub.add_parser("monitor", help="generate live, each token coloured by trait projections"))
+    p.add_argument("experiment")
+    p.add_argument("variant")
+    p.add_argument("prompt")
+    p.add_argument("--traits", default="*", help="glob over the experiment's traits (default: all; the first colours)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--threshold", type=float, default=None, help="flag tokens whose |score| exceeds this")
+    p.add_argument("--steer", action="append", default=[], metavar="TRAIT:COEF",
+                   help="steer with the trait's best vector, e.g. toy/optimism:-80 (repeatable)")
+    p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
+    p.set_defaults(handler=cmd_monitor)
     return parser
 
 
@@ -164,6 +177,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if result.best_layer is not None:
         print(f"best layer by extraction_eval: {result.best_layer} "
               f"(llama.cpp: --control-vector-layer-range {result.best_layer} {result.best_layer})")
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from traitflow.monitor.live import run_monitor
+
+    run_monitor(args.root, args.experiment, args.variant, args.prompt, traits=args.traits, system=args.system,
+                max_new_tokens=args.max_new_tokens, threshold=args.threshold, steer=args.steer,
+                storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"))
     return 0
 
 
