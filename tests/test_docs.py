@@ -1,6 +1,7 @@
 """The docs stay true: their YAML examples load, and the CLI commands they show exist."""
 
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_traitflow_commands_in_docs_parse(doc):
     parser = _parser()
     shell = "\n".join(re.findall(r"```(?:bash|sh)\n(.*?)```", doc.read_text(), flags=re.S))
     for line in re.findall(r"^\s*(?:\.venv/bin/)?traitflow (.+)$", shell, flags=re.M):
-        args = line.split("#")[0].split()
+        args = shlex.split(line.split("#")[0])
         args = [a for a in args if not a.startswith("[")]  # optional flags shown in brackets
         args = [a.strip("'") for a in args if not a.endswith("]")]
         parser.parse_args(args)  # exits (SystemExit) on an unknown command or flag

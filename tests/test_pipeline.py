@@ -44,8 +44,9 @@ def test_runs_cover_all_partitions_in_one_run_per_stage(materialized):
     runs = instance.get_runs()
     observations = [r for r in runs if r.job_name.startswith("t_observe_")]
     materializations = [r for r in runs if not r.job_name.startswith("t_observe_")]
-    # One run per stage (generation, extraction, steering, selection, inference, comparison), not per partition.
-    assert len(observations) == 2 and len(materializations) == 6
+    # One run per stage (generation, extraction, steering, selection, calibration, inference, comparison),
+    # not one per partition.
+    assert len(observations) == 2 and len(materializations) == 7
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     key = dg.AssetKey(["t", "vectors"])
     partitions = instance.get_materialized_partitions(key)
