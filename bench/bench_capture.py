@@ -22,9 +22,9 @@ the timings meaningless.
 """
 
 import os
-import statistics
-import time
 from dataclasses import dataclass
+
+from bench.common import LLAMA_30M, interleaved_medians
 
 BATCH = 16
 REPEATS = 9
@@ -40,15 +40,7 @@ MODELS = {
         vocab_size=1300,
         tie_word_embeddings=False,
     ),
-    "llama-30M": dict(
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        vocab_size=4096,
-        tie_word_embeddings=False,
-    ),
+    "llama-30M": LLAMA_30M,
 }
 
 
@@ -97,12 +89,6 @@ def _sequences(vocab: int):
     return seqs
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _bench_model(name: str, cfg: dict) -> list[dict]:
     import torch
@@ -141,16 +127,7 @@ def _bench_model(name: str, cfg: dict) -> list[dict]:
             )
 
     fns = {"forward": forward, "forward_last": forward_last, "capture": capture, "capture_full": capture_full}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(WARMUP + REPEATS):
-        for key, fn in fns.items():
-            _sync(loaded.device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(loaded.device)
-            if i >= WARMUP:
-                times[key].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(fns, loaded.device, REPEATS, WARMUP)
     detail = (
         f"{n_params / 1e6:.1f}M params, device {loaded.device}, threads {torch.get_num_threads()}, batch {BATCH}, "
         f"median of {REPEATS}: forward {med['forward'] * 1e3:.2f} ms, forward_last {med['forward_last'] * 1e3:.2f} ms, "

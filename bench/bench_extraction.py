@@ -35,20 +35,10 @@ import io
 import os
 import statistics
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import LLAMA_30M, ROOT, TOY
+
 TRAIT = ROOT / "datasets" / "traits" / "toy" / "optimism"
-TOY = "datasets/models/toy-chat"
-LLAMA_30M = dict(
-    hidden_size=512,
-    intermediate_size=1376,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    vocab_size=4096,
-    tie_word_embeddings=False,
-)
 BATCH = 16
 REPEATS = 5
 VAL_SPLIT, SEED = 0.2, 0

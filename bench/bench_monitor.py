@@ -22,19 +22,9 @@ On CPU the bench runs torch with ``TRAITFLOW_BENCH_THREADS`` intra-op threads (d
 import os
 import statistics
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TOY = "datasets/models/toy-chat"
-LLAMA_30M = dict(
-    hidden_size=512,
-    intermediate_size=1376,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    vocab_size=4096,
-    tie_word_embeddings=False,
-)
+from bench.common import LLAMA_30M, ROOT, TOY, interleaved_medians, sync
+
 NEW_TOKENS = 32
 N_TRAITS = 3
 N_SEQS = 16
@@ -72,12 +62,6 @@ def _models():
     )
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _bench_model(name: str, loaded) -> list[dict]:
     import torch
@@ -108,16 +92,7 @@ def _bench_model(name: str, loaded) -> list[dict]:
     if ref != got:
         raise AssertionError(f"{name}: generate_live disagrees with generate")
     fns = {"generate": plain, "live": live}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(WARMUP + REPEATS):
-        for key, fn in fns.items():
-            _sync(loaded.device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(loaded.device)
-            if i >= WARMUP:
-                times[key].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(fns, loaded.device, REPEATS, WARMUP)
 
     # stored sequences: 16 prompt+response pairs, projected onto 3 traits at 2 layers
     seqs = []
@@ -131,10 +106,10 @@ def _bench_model(name: str, loaded) -> list[dict]:
     project_tokens(loaded, seqs, proj_layers, stacked)
     proj = []
     for _ in range(REPEATS):
-        _sync(loaded.device)
+        sync(loaded.device)
         t0 = time.perf_counter()
         project_tokens(loaded, seqs, proj_layers, stacked)
-        _sync(loaded.device)
+        sync(loaded.device)
         proj.append(time.perf_counter() - t0)
     proj_med = statistics.median(proj)
 

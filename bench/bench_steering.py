@@ -38,21 +38,11 @@ import os
 import statistics
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-TOY = "datasets/models/toy-chat"
+from bench.common import LLAMA_30M, ROOT, TOY
+
 PROMPT_SET = ROOT / "datasets" / "inference" / "toy" / "general.json"
-LLAMA_30M = dict(
-    hidden_size=512,
-    intermediate_size=1376,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=8,
-    vocab_size=4096,
-    tie_word_embeddings=False,
-)
 N_PROMPTS = {"toy-chat": 12, "llama-30M": 8}
 NEW_TOKENS = {"toy-chat": 32, "llama-30M": 24}
 K = 8

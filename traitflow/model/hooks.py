@@ -159,14 +159,15 @@ def _forward_kwargs(model: Any) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
-def _run_forward(loaded: Any, batch: _Batch, extra: dict[str, Any]) -> None:
+def run_forward(loaded: Any, batch: _Batch, extra: dict[str, Any] | None = None) -> None:
+    """One forward over a left-padded batch for its hooks' sake (no cache, no output kept)."""
     try:
         loaded.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,
-            **extra,
+            **(extra or {}),
         )
     except StopForward:
         pass
@@ -289,7 +290,7 @@ def capture_pooled(
             state["index"] = index.to(device)
             state["weights"] = weights.to(device)
             state["buf"] = torch.zeros((len(chunk), n_pos, len(layers), hidden), dtype=torch.float32, device=device)
-            _run_forward(loaded, batch, extra)
+            run_forward(loaded, batch, extra)
             buf = state["buf"].cpu()
             rows = torch.as_tensor(chunk, dtype=torch.long)
             for p, key in enumerate(keys):
@@ -391,7 +392,7 @@ def project_tokens(
             width = batch.input_ids.shape[1]
             state["scores"] = torch.zeros((len(chunk), n_traits, len(layers), width), device=device)
             state["norms"] = torch.zeros((len(chunk), len(layers), width), device=device)
-            _run_forward(loaded, batch, extra)
+            run_forward(loaded, batch, extra)
             scores = state["scores"].cpu()
             norms = state["norms"].cpu()
             for b, i in enumerate(chunk):

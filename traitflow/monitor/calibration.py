@@ -89,7 +89,7 @@ def calibrate(
 
     from traitflow.errors import TraitflowError
     from traitflow.model.arch import component_module
-    from traitflow.model.hooks import StopForward, add_hooks, left_pad_batch, model_lock, output_tensor
+    from traitflow.model.hooks import add_hooks, left_pad_batch, model_lock, output_tensor, run_forward
 
     if top_k < 1:
         raise ValueError(f"top_k must be positive, got {top_k}")
@@ -140,15 +140,7 @@ def calibrate(
             state["mask"] = batch.attention_mask.float()
             state["sum_h"] = torch.zeros((len(comps), n_layers, hidden), dtype=torch.float32, device=device)
             state["sum_norm"] = torch.zeros((len(comps), n_layers), dtype=torch.float32, device=device)
-            try:
-                loaded.model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids,
-                    use_cache=False,
-                )
-            except StopForward:
-                pass
+            run_forward(loaded, batch)
             sum_h += state["sum_h"].double().cpu()
             sum_norm += state["sum_norm"].double().cpu()
             n_tokens += int(batch.attention_mask.sum())
