@@ -21,10 +21,9 @@ restored afterwards): on a busy 2-core machine a second thread makes every small
 the timings meaningless.
 """
 
-import os
 from dataclasses import dataclass
 
-from bench.common import LLAMA_30M, interleaved_medians
+from bench.common import LLAMA_30M, bench_threads, interleaved_medians
 
 BATCH = 16
 REPEATS = 9
@@ -152,20 +151,11 @@ def _bench_model(name: str, cfg: dict) -> list[dict]:
 
 
 def run() -> list[dict]:
-    import torch
-
-    from traitflow.model.loading import resolve_device
-
-    threads = torch.get_num_threads()
-    if resolve_device("auto").type == "cpu":
-        torch.set_num_threads(int(os.environ.get("TRAITFLOW_BENCH_THREADS", "1")))
-    try:
+    with bench_threads():
         entries: list[dict] = []
         for name, cfg in MODELS.items():
             entries += _bench_model(name, cfg)
         return entries
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -32,11 +32,10 @@ torch runs with ``TRAITFLOW_BENCH_THREADS`` intra-op threads (default 1) for eve
 
 import contextlib
 import io
-import os
 import statistics
 import time
 
-from bench.common import LLAMA_30M, ROOT, TOY
+from bench.common import LLAMA_30M, ROOT, TOY, bench_threads
 
 TRAIT = ROOT / "datasets" / "traits" / "toy" / "optimism"
 BATCH = 16
@@ -205,7 +204,6 @@ def warnings_quiet():
 
 
 def run() -> list[dict]:
-    import torch
 
     try:
         sv, repeng = _import_peers()
@@ -213,15 +211,11 @@ def run() -> list[dict]:
         print(f"bench_extraction: skipped, steering-vectors is not installed ({exc}); "
               "pip install --no-deps steering-vectors==0.12.2 repeng==0.4.0 && pip install scikit-learn gguf")
         return []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("TRAITFLOW_BENCH_THREADS", "1")))
-    try:
+    with bench_threads():
         entries: list[dict] = []
         for name, loaded in _models():
             entries += _bench_model(name, loaded, sv, repeng)
         return entries
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

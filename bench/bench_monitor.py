@@ -19,11 +19,10 @@ prompt+response sequences (3 traits × 2 layers), in tokens per second (target: 
 On CPU the bench runs torch with ``TRAITFLOW_BENCH_THREADS`` intra-op threads (default 1).
 """
 
-import os
 import statistics
 import time
 
-from bench.common import LLAMA_30M, ROOT, TOY, interleaved_medians, sync
+from bench.common import LLAMA_30M, ROOT, TOY, bench_threads, interleaved_medians, sync
 
 NEW_TOKENS = 32
 N_TRAITS = 3
@@ -128,20 +127,11 @@ def _bench_model(name: str, loaded) -> list[dict]:
 
 
 def run() -> list[dict]:
-    import torch
-
-    from traitflow.model.loading import resolve_device
-
-    threads = torch.get_num_threads()
-    if resolve_device("auto").type == "cpu":
-        torch.set_num_threads(int(os.environ.get("TRAITFLOW_BENCH_THREADS", "1")))
-    try:
+    with bench_threads():
         entries: list[dict] = []
         for name, loaded in _models():
             entries += _bench_model(name, loaded)
         return entries
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,11 @@ afterwards) for every variant.
 """
 
 import json
-import os
 import statistics
 import time
-from contextlib import contextmanager
 from typing import Any
 
-from bench.common import LLAMA_30M, ROOT, TOY
+from bench.common import LLAMA_30M, ROOT, TOY, bench_threads
 
 PROMPT_SET = ROOT / "datasets" / "inference" / "toy" / "general.json"
 N_PROMPTS = {"toy-chat": 12, "llama-30M": 8}
@@ -118,20 +116,6 @@ def _median_norm(loaded: Any, prompts: list[list[int]], layer: int) -> float:
     proj = project_tokens(loaded, [(p, []) for p in prompts], [layer], torch.ones(1, 1, loaded.hidden_size))
     return float(torch.cat([p.norms[0] for p in proj]).median())
 
-
-@contextmanager
-def _threads():
-    import torch
-
-    from traitflow.model.loading import resolve_device
-
-    before = torch.get_num_threads()
-    if resolve_device("auto").type == "cpu":
-        torch.set_num_threads(int(os.environ.get("TRAITFLOW_BENCH_THREADS", "1")))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
 
 
 def _time_interleaved(fns: dict[str, Any], repeats: int) -> dict[str, list[float]]:
@@ -280,7 +264,7 @@ def _bench_model(name: str, loaded: Any, threads: int) -> list[dict]:
 
 def run() -> list[dict]:
     entries: list[dict] = []
-    with _threads() as threads:
+    with bench_threads() as threads:
         for name, loaded in _models():
             entries += _bench_model(name, loaded, threads)
     return entries

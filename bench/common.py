@@ -1,8 +1,10 @@
 """What the benchmarks share: the random 30M Llama config, the toy model path, and side-by-side timing."""
 
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +41,20 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device, repeats: i
             if i >= warmup:
                 times[key].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+@contextmanager
+def bench_threads() -> Iterator[int]:
+    """On CPU, torch runs with TRAITFLOW_BENCH_THREADS intra-op threads (default 1) for every variant
+    measured, and the caller's setting comes back afterwards."""
+    import torch
+
+    from traitflow.model.loading import resolve_device
+
+    before = torch.get_num_threads()
+    if resolve_device("auto").type == "cpu":
+        torch.set_num_threads(int(os.environ.get("TRAITFLOW_BENCH_THREADS", "1")))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -157,9 +157,9 @@ def test_keywords_backend(trait):
 
 def test_keywords_backend_needs_keywords():
     judge = make_judge(JudgeSpec(model="keywords"), cache_path=None)
-    with pytest.raises(TraitflowError, match=r"trait demo/x needs `keywords:`.*trait.yaml.*keywords judge"):
+    with pytest.raises(TraitflowError, match=r"datasets/traits/demo/x/trait.yaml: keywords: the keywords judge needs"):
         judge.score([JudgeRequest(kind="trait", question="q", answer="a", trait_name="demo/x")])
-    with pytest.raises(TraitflowError, match="needs `keywords:`"):
+    with pytest.raises(TraitflowError, match="keywords: the keywords judge needs positive and negative word lists"):
         judge.score([JudgeRequest(kind="trait", question="q", answer="a", keywords=Keywords())])
     assert judge.score([coherence_request("q", "A fine answer here.")])[0].score == 100.0
 

@@ -194,3 +194,17 @@ def test_a_folder_without_specs_is_not_a_project(tmp_path, capsys):
     assert main(["validate", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no specs/experiments/ or specs/models/" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "section, text, needle",
+    [
+        ("steering", "steering: {method: magic}", "expected 'mean_diff'"),
+        ("inference", "inference: {position: 'response[:3]'}", "not among extraction.position"),
+        ("steering", "steering: {position: 'prompt[-1]'}", "not among extraction.position"),
+    ],
+)
+def test_stage_vector_choices_are_checked_up_front(tmp_path, section, text, needle):
+    spec = "name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\n" + text + "\n"
+    errors = errors_of(make_project(tmp_path, spec))
+    assert any(e.line == 4 and e.field.startswith(section) and needle in e.message for e in errors), [e.format() for e in errors]

@@ -53,9 +53,10 @@ class KeywordsBackend:
     def _keywords(self, request: JudgeRequest) -> Keywords:
         keywords = request.keywords
         if keywords is None or not (keywords.positive or keywords.negative):
-            who = f"trait {request.trait_name}" if request.trait_name else "the trait"
+            where = f"datasets/traits/{request.trait_name}/trait.yaml" if request.trait_name else "the trait's trait.yaml"
             raise TraitflowError(
-                f"{who} needs `keywords:` (positive and negative word lists) in its trait.yaml to use the keywords judge"
+                f"{where}: keywords: the keywords judge needs positive and negative word lists there "
+                "(or choose another judge with `judge:`)"
             )
         return keywords
 

@@ -405,6 +405,14 @@ def _check_small_languages(spec: ExperimentSpec, path: Path, located: LocatedYam
         loc = ("extraction", "position", i) if isinstance(spec.extraction.position, list) else ("extraction", "position")
         checks.append((loc, parse_position, position))
     checks.append((("extraction", "layers"), check_layers_syntax, spec.extraction.layers))
+    for section in ("steering", "inference"):
+        position = getattr(spec, section).position
+        if position is not None:
+            if position not in spec.extraction.positions:
+                errors.append(SpecError(path, f"{position!r} is not among extraction.position {spec.extraction.positions}",
+                                        line=located.line_of((section, "position")), field=f"{section}.position"))
+            else:
+                checks.append(((section, "position"), parse_position, position))
     checks.append((("steering", "layers"), check_layers_syntax, spec.steering.layers))
     checks.append((("inference", "layers"), check_layers_syntax, spec.inference.layers))
     for loc, check, value in checks:

@@ -65,6 +65,8 @@ class TraitConfig(Strict):
 # --------------------------------------------------------------------------- experiment sections
 Method = Literal["mean_diff", "probe", "gradient", "pca", "random_baseline"]
 Component = Literal["residual", "attn_out", "mlp_out", "attn_contribution", "mlp_contribution"]
+# Methods a stage can *use*: every extraction method plus the CMA-ES refinement of a steered vector.
+UsableMethod = Literal["mean_diff", "probe", "gradient", "pca", "random_baseline", "cma_es"]
 
 
 class VettingSpec(Strict):
@@ -127,7 +129,7 @@ class SteeringSpec(Strict):
     variants: list[str] = Field(default_factory=list, description="Variants to steer (default: the extraction variant).")
     layers: str | int = "30%-60%"
     position: str | None = Field(None, description="Vectors to steer with (default: the first extraction position).")
-    method: str | None = Field(None, description="Vector method (default: the best at that position).")
+    method: UsableMethod | None = Field(None, description="Vector method (default: the best at that position).")
     min_delta: float = Field(10, ge=0, description="Asset check: the best vector moves the trait at least this much.")
     system_prompt: str | None = Field(
         None, description="An adversarial system prompt for baseline and steered answers (e.g. the opposite pole).")
@@ -156,7 +158,7 @@ class InferenceSpec(Strict):
         "raw", description="raw h·v̂, cosine h·v̂/‖h‖, or normalized h·v̂ / the layer's mean ‖h‖ (from calibration).")
     centre: bool = Field(False, description="Subtract the vector's class-midpoint baseline first.")
     clean_massive_dims: bool = Field(False, description="Leave out the calibration's massive dims before projecting.")
-    method: str | None = Field(None, description="Vector method to monitor (default: the best at that position).")
+    method: UsableMethod | None = Field(None, description="Vector method to monitor (default: the best at that position).")
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(16, ge=1)
 
