@@ -1,8 +1,11 @@
 """What `dagster dev` and `dagster asset materialize -m definitions` load.
 
-The project root (specs/ and datasets/) is TRAITFLOW_ROOT, default: this folder.
+The project root (specs/ and datasets/) is TRAITFLOW_ROOT, default: this folder. Every experiment
+that validates loads; one with errors is left out (each error is logged once, as `traitflow
+validate` prints it), so one broken trait folder never takes the code location down.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,4 +14,13 @@ from traitflow.specs.loader import load_project
 
 ROOT = Path(os.environ.get("TRAITFLOW_ROOT", Path(__file__).resolve().parent))
 
-defs = build_defs(load_project(ROOT))
+_project = load_project(ROOT, strict=False)
+_log = logging.getLogger("traitflow")
+for _warning in _project.warnings:
+    _log.warning("warning: %s", _warning.format())
+for _error in _project.errors:
+    _log.error("error: %s", _error.format())
+for _name in _project.left_out:
+    _log.error("experiment %s left out: it has errors (run `traitflow validate`)", _name)
+
+defs = build_defs(_project)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.common import VectorAssets
 from assets.extraction import build_extraction_assets
 from assets.inference import build_inference_assets
 from assets.sources import dataset_change_sensor, observe_jobs, prompt_source, trait_source
@@ -20,14 +21,20 @@ from traitflow.specs.loader import Experiment, Project
 def build_experiment(project: Project, exp: Experiment) -> tuple[list, list, list]:
     """(assets, jobs, sensors) of one experiment."""
     traits = trait_source(project, exp)
-    extraction = build_extraction_assets(project, exp, traits)
-    by_name = {a.key.path[-1]: a for a in extraction}
-    vectors, extraction_eval = by_name["vectors"], by_name["extraction_eval"]
-    assets: list = [traits, *extraction, *build_steering_assets(project, exp, vectors, extraction_eval)]
+    # An experiment whose steering and inference both take vectors from another (`vectors_from`)
+    # extracts nothing itself; each stage depends on the source experiment's assets instead.
+    extraction = build_extraction_assets(project, exp, traits) if exp.extracts else []
+
+    def vector_assets(stage: str) -> VectorAssets:
+        source = exp.vector_source(stage)
+        return VectorAssets(source.extraction_variant, dg.AssetKey([source.name, "vectors"]),
+                            dg.AssetKey([source.name, "extraction_eval"]))
+
+    assets: list = [traits, *extraction, *build_steering_assets(project, exp, vector_assets("steering"))]
     sources = [traits]
     prompts = prompt_source(project, exp)
     if prompts is not None:
-        assets += [prompts, *build_inference_assets(project, exp, prompts, extraction_eval, vectors)]
+        assets += [prompts, *build_inference_assets(project, exp, prompts, vector_assets("inference"))]
         sources.append(prompts)
     jobs = observe_jobs(exp, sources)
     return assets, jobs, [dataset_change_sensor(project, exp, jobs)]

@@ -1,6 +1,7 @@
 """What every asset body shares: a StageContext from resources, and the per-partition loop."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -10,6 +11,15 @@ from traitflow.pipeline import Check, Markdown, StageContext
 from traitflow.specs.loader import Experiment, Project
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+@dataclass(frozen=True)
+class VectorAssets:
+    """The assets a stage reads vectors from: this experiment's, or those of its `vectors_from`."""
+
+    extraction_variant: str
+    vectors: dg.AssetKey
+    extraction_eval: dg.AssetKey
 GPU_POOL = "gpu"
 
 
@@ -22,6 +32,7 @@ def stage_context(
         store=storage.for_uri(exp.spec.storage.uri),
         load_model=lambda variant: model.load(exp.variants[variant]),
         log=context.log.info,
+        storage_override=storage.override_uri or None,
     )
 
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.common import GPU_POOL, SINGLE_RUN, for_each_partition, stage_context
+from assets.common import GPU_POOL, SINGLE_RUN, VectorAssets, for_each_partition, stage_context
 from assets.partitions import prompt_set_variant
 from resources import ArtifactStoreResource, ModelResource
 from traitflow import pipeline
@@ -10,8 +10,7 @@ from traitflow.specs.loader import Experiment, Project
 
 
 def build_inference_assets(
-    project: Project, exp: Experiment, prompt_source: dg.AssetsDefinition, extraction_eval: dg.AssetsDefinition,
-    vectors: dg.AssetsDefinition,
+    project: Project, exp: Experiment, prompt_source: dg.AssetsDefinition, source: VectorAssets,
 ) -> list[dg.AssetsDefinition]:
     partitions = prompt_set_variant(exp)
     if partitions is None:
@@ -44,7 +43,7 @@ def build_inference_assets(
 
     @dg.asset(
         name="projections", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
-        deps=[inference_responses, dg.AssetDep(vectors, partition_mapping=every), dg.AssetDep(extraction_eval, partition_mapping=every),
+        deps=[inference_responses, dg.AssetDep(source.vectors, partition_mapping=every), dg.AssetDep(source.extraction_eval, partition_mapping=every),
               dg.AssetDep(calibration, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant"))],
         code_version=exp.code_version("projections"),
         description="Per-token projections (h·v̂ and ‖h‖) of every response onto every trait's vector.",
@@ -60,8 +59,8 @@ def build_inference_assets(
         name="variant_diff", key_prefix=[exp.name], group_name=exp.name,
         partitions_def=dg.StaticPartitionsDefinition(comparisons), backfill_policy=SINGLE_RUN, pool=GPU_POOL,
         kinds={"pytorch", "json"}, tags={"traitflow/stage": "comparison", "traitflow/experiment": exp.name},
-        deps=[dg.AssetDep(inference_responses, partition_mapping=every), dg.AssetDep(vectors, partition_mapping=every),
-              dg.AssetDep(extraction_eval, partition_mapping=every)],
+        deps=[dg.AssetDep(inference_responses, partition_mapping=every), dg.AssetDep(source.vectors, partition_mapping=every),
+              dg.AssetDep(source.extraction_eval, partition_mapping=every)],
         code_version=exp.code_version("variant_diff"),
         description="A's responses replayed through A and B: Cohen's d, cosine and per-token/clause deltas per trait x layer.",
     )

@@ -2,28 +2,28 @@
 
 import dagster as dg
 
-from assets.common import GPU_POOL, SINGLE_RUN, for_each_partition, stage_context
+from assets.common import GPU_POOL, SINGLE_RUN, VectorAssets, for_each_partition, stage_context
 from assets.partitions import trait_variant
 from resources import ArtifactStoreResource, ModelResource
 from traitflow import pipeline
 from traitflow.specs.loader import Experiment, Project
 
 
-def build_steering_assets(project: Project, exp: Experiment, vectors: dg.AssetsDefinition,
-                          extraction_eval: dg.AssetsDefinition) -> list[dg.AssetsDefinition]:
+def build_steering_assets(project: Project, exp: Experiment, source: VectorAssets) -> list[dg.AssetsDefinition]:
     variants = pipeline.steering_variants(exp)
     prefix = [exp.name]
     tags = {"traitflow/stage": "steering", "traitflow/experiment": exp.name}
     # Vectors come from the extraction variant and steer each steered variant.
     from_extraction = dg.MultiPartitionMapping({
         "trait": dg.DimensionPartitionMapping("trait", dg.IdentityPartitionMapping()),
-        "variant": dg.DimensionPartitionMapping("variant", dg.StaticPartitionMapping({exp.extraction_variant: variants})),
+        "variant": dg.DimensionPartitionMapping("variant", dg.StaticPartitionMapping({source.extraction_variant: variants})),
     })
 
     @dg.asset(
         name="steering", key_prefix=prefix, group_name=exp.name, partitions_def=trait_variant(exp, variants),
         backfill_policy=SINGLE_RUN, pool=GPU_POOL, kinds={"pytorch", "json", "altair"}, tags=tags,
-        deps=[dg.AssetDep(vectors, partition_mapping=from_extraction), dg.AssetDep(extraction_eval, partition_mapping=from_extraction)],
+        deps=[dg.AssetDep(source.vectors, partition_mapping=from_extraction),
+              dg.AssetDep(source.extraction_eval, partition_mapping=from_extraction)],
         code_version=exp.code_version("steering"),
         description="Unsteered baseline and an adaptive coefficient search per layer, judged for trait and coherence.",
     )
@@ -49,7 +49,7 @@ def build_steering_assets(project: Project, exp: Experiment, vectors: dg.AssetsD
     @dg.asset(
         name="best_vector", key_prefix=prefix, group_name=exp.name, partitions_def=dg.StaticPartitionsDefinition(exp.traits),
         backfill_policy=SINGLE_RUN, kinds={"json"}, tags=tags,
-        deps=[dg.AssetDep(steering, partition_mapping=to_trait), dg.AssetDep(extraction_eval, partition_mapping=to_trait),
+        deps=[dg.AssetDep(steering, partition_mapping=to_trait), dg.AssetDep(source.extraction_eval, partition_mapping=to_trait),
               *[dg.AssetDep(a, partition_mapping=to_trait) for a in refinement]],
         code_version=exp.code_version("best_vector"),
         check_specs=[dg.AssetCheckSpec("min_delta", asset=best_key,

@@ -254,9 +254,9 @@ def tiny_loaded(tiny_root, tiny_model_dir):
 
 
 # --------------------------------------------------------------------------- the vertical slice
-# A project with two trait-interp starter traits and the tiny Llama, materialized once per session
-# through Dagster (tests/test_pipeline.py and tests/test_webserver.py read it).
-COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "trait-interp"
+# A project with two trait-interp-layout starter traits (written by tests/traitinterp.py) and the
+# tiny Llama, materialized once per session through Dagster (tests/test_pipeline.py and
+# tests/test_webserver.py read it).
 
 SLICE_EXPERIMENT = """\
 name: t
@@ -284,15 +284,16 @@ comparisons:
 def project_root(tmp_path_factory, tiny_model_dir) -> Path:
     import shutil
 
+    from tests.traitinterp import write_prompt_set, write_starter_traits
+
     root = tmp_path_factory.mktemp("slice")
     shutil.copytree(tiny_model_dir("llama"), root / "models" / "llama")
     traits = root / "datasets" / "traits" / "starter"
-    for name, words in (("optimism", "[hope, bright]\n  negative: [risk, worst]"), ("formal", "[therefore, regards]\n  negative: [hey, gonna]")):
-        shutil.copytree(COMPAT / "traits" / "starter_traits" / name, traits / name)
+    pole_words = {"optimism": "[hope, bright]\n  negative: [risk, worst]", "formal": "[therefore, regards]\n  negative: [hey, gonna]"}
+    for name in write_starter_traits(traits, list(pole_words)):
         # Pole words for the keywords judge that scores the steering stage.
-        (traits / name / "trait.yaml").write_text(f"keywords:\n  positive: {words}\n")
-    (root / "datasets" / "inference" / "starter").mkdir(parents=True)
-    shutil.copy(COMPAT / "inference" / "starter_prompts" / "general.json", root / "datasets" / "inference" / "starter")
+        (traits / name / "trait.yaml").write_text(f"keywords:\n  positive: {pole_words[name]}\n")
+    write_prompt_set(root / "datasets" / "inference" / "starter" / "general.json")
     (root / "specs" / "experiments").mkdir(parents=True)
     (root / "specs" / "experiments" / "t.yaml").write_text(SLICE_EXPERIMENT)
     return root

@@ -9,6 +9,7 @@ import dagster as dg
 
 from assets import build_defs
 from tests.test_specs import GOOD, make_project
+from tests.traitinterp import STARTER_TRAITS
 from traitflow.specs.loader import load_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def test_asset_graph_shape(tmp_path):
     assert expected == set(assets)
     responses = assets["exp/responses"]
     keys = responses.partitions_def.get_partition_keys()
-    assert len(keys) == 9  # 9 starter traits × the extraction variant
+    assert len(keys) == len(STARTER_TRAITS)  # the starter traits × the extraction variant
     assert "starter/optimism|chat" in keys
     projections = assets["exp/projections"]
     assert set(projections.partitions_def.get_partition_keys()) == {"starter/general|chat", "starter/general|inline"}
@@ -84,7 +85,7 @@ def test_trait_source_versions_each_trait_by_content(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     source = by_key(defs_for(root))["exp/trait_datasets"]
     first = observed_versions(source, instance)
-    assert len(first) == 9
+    assert len(first) == len(STARTER_TRAITS)
     folder = root / "datasets" / "traits" / "starter" / "optimism"
     with (folder / "positive.jsonl").open("a") as f:
         f.write(json.dumps({"prompt": "one more", "system_prompt": "be optimistic"}) + "\n")

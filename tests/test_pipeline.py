@@ -10,11 +10,11 @@ from pathlib import Path
 import dagster as dg
 
 from assets import build_defs
+from tests.traitinterp import nonblank_lines
 from traitflow.cli import main
 from traitflow.specs.loader import load_project
 from traitflow.store import ArtifactStore
 
-COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "trait-interp"
 REPO = Path(__file__).resolve().parents[1]
 
 def test_every_artifact_is_written(project_root, materialized):
@@ -58,9 +58,11 @@ def test_responses_keep_exact_generated_ids(project_root, materialized):
 
     record = json.loads((project_root / "experiments/t/responses/starter/optimism/chat/responses.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(project_root / "models" / "llama")
-    assert len(record["items"]) == 40 and record["paired"] is True
+    written = {side: nonblank_lines(project_root / f"datasets/traits/starter/optimism/{side}.jsonl") for side in ("positive", "negative")}
+    assert len(record["items"]) == len(written["positive"]) + len(written["negative"]) and record["paired"] is True
     item = record["items"][0]
-    assert item["side"] == "positive" and item["system_prompt"]
+    first = json.loads(written["positive"][0])
+    assert item["side"] == "positive" and (item["prompt"], item["system_prompt"]) == (first["prompt"], first["system_prompt"])
     assert 1 <= len(item["response_ids"]) <= 4
     assert item["response"] == tokenizer.decode(item["response_ids"], skip_special_tokens=True)
     expected_prompt = tokenizer.apply_chat_template(

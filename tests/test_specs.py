@@ -1,26 +1,34 @@
 """Spec loading: the YAML contract, one-line errors naming file/line/field, trait-interp data unchanged."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.traitinterp import (
+    HELPFUL_COUNTS,
+    PAIRED_SCENARIOS,
+    REFUSAL_JSONL,
+    REFUSAL_TXT_COUNTS,
+    STARTER_TRAITS,
+    nonblank_lines,
+    write_prompt_set,
+    write_starter_traits,
+)
 from traitflow.cli import main
 from traitflow.data.traits import load_trait
 from traitflow.errors import SpecError, SpecErrors
 from traitflow.specs.loader import load_project
 
-COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat" / "trait-interp"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_project(tmp_path: Path, experiment: str, models: dict[str, str] | None = None) -> Path:
-    """A project root with the trait-interp starter traits and prompt set, plus the given specs."""
+    """A project root with the trait-interp-layout starter traits (tests/traitinterp.py) and the
+    prompt set `starter/general`, plus the given specs."""
     root = tmp_path / "proj"
-    (root / "datasets" / "inference" / "starter").mkdir(parents=True)
-    shutil.copytree(COMPAT / "traits" / "starter_traits", root / "datasets" / "traits" / "starter")
-    shutil.copy(COMPAT / "inference" / "starter_prompts" / "general.json", root / "datasets" / "inference" / "starter")
+    write_starter_traits(root / "datasets" / "traits" / "starter")
+    write_prompt_set(root / "datasets" / "inference" / "starter" / "general.json")
     (root / "specs" / "experiments").mkdir(parents=True)
     (root / "specs" / "models").mkdir(parents=True)
     (root / "specs" / "experiments" / "exp.yaml").write_text(experiment)
@@ -47,13 +55,16 @@ def errors_of(root: Path) -> list[SpecError]:
     return info.value.errors
 
 
-@pytest.mark.parametrize("trait", sorted(p.name for p in (COMPAT / "traits" / "starter_traits").iterdir()))
-def test_trait_interp_traits_load_unchanged(trait):
-    folder = COMPAT / "traits" / "starter_traits" / trait
+@pytest.mark.parametrize("trait", sorted(STARTER_TRAITS))
+def test_trait_interp_traits_load_unchanged(tmp_path, trait):
+    write_starter_traits(tmp_path, [trait])
+    folder = tmp_path / trait
     data = load_trait(folder, f"starter/{trait}")
     pos_file = folder / ("positive.jsonl" if (folder / "positive.jsonl").exists() else "positive.txt")
-    expected = [line for line in pos_file.read_text().splitlines() if line.strip()]
+    expected = nonblank_lines(pos_file)
     assert len(data.positive) == len(expected)
+    if pos_file.suffix == ".txt":
+        assert [s.prompt for s in data.positive] == [line.strip() for line in expected]
     steering = json.loads((folder / "steering.json").read_text())
     assert data.steering.questions == steering["questions"]
     assert data.steering.eval_prompt == steering.get("eval_prompt")
@@ -65,22 +76,46 @@ def test_trait_interp_traits_load_unchanged(trait):
         assert data.paired
 
 
-def test_unpaired_txt_trait_is_not_paired():
-    data = load_trait(COMPAT / "traits" / "starter_traits" / "assistant", "starter/assistant")
-    assert (len(data.positive), len(data.negative)) == (70, 71)
+def test_unpaired_txt_trait_is_not_paired(tmp_path):
+    write_starter_traits(tmp_path, ["helpful"])
+    folder = tmp_path / "helpful"
+    counts = (len(nonblank_lines(folder / "positive.txt")), len(nonblank_lines(folder / "negative.txt")))
+    assert counts == HELPFUL_COUNTS and counts[0] != counts[1]
+    data = load_trait(folder, "starter/helpful")
+    assert (len(data.positive), len(data.negative)) == counts
     assert not data.paired
+    assert all(s.system_prompt is None for s in data.positive + data.negative)
+
+
+def test_jsonl_wins_over_txt(tmp_path):
+    write_starter_traits(tmp_path, ["refusal"])
+    folder = tmp_path / "refusal"
+    txt_counts = (len(nonblank_lines(folder / "positive.txt")), len(nonblank_lines(folder / "negative.txt")))
+    assert txt_counts == REFUSAL_TXT_COUNTS and REFUSAL_JSONL not in txt_counts  # reading the txt would show
+    data = load_trait(folder, "starter/refusal")
+    assert (len(data.positive), len(data.negative)) == (REFUSAL_JSONL, REFUSAL_JSONL)
+    assert data.paired
+    for side, scenarios in (("positive", data.positive), ("negative", data.negative)):
+        rows = [json.loads(line) for line in nonblank_lines(folder / f"{side}.jsonl")]
+        assert [(s.prompt, s.system_prompt) for s in scenarios] == [(r["prompt"], r["system_prompt"]) for r in rows]
+    assert data.direction == "negative"
+    assert {f.name for f in data.files} >= {"positive.jsonl", "negative.jsonl"}
+    assert not {f.name for f in data.files} & {"positive.txt", "negative.txt"}
 
 
 def test_good_project_resolves(tmp_path):
     root = make_project(tmp_path, GOOD, {"small": "model: other-org/small\nchat_template: false\n"})
     project = load_project(root)
     exp = project.experiments["exp"]
-    assert exp.traits == sorted(f"starter/{p.name}" for p in (COMPAT / "traits" / "starter_traits").iterdir())
+    assert exp.traits == sorted(f"starter/{p.name}" for p in (root / "datasets" / "traits" / "starter").iterdir())
+    assert exp.traits == sorted(f"starter/{name}" for name in STARTER_TRAITS)
     assert exp.variants["chat"].model == "other-org/small" and exp.variants["chat"].name == "chat"
     assert exp.variants["inline"].dtype == "bfloat16"
     assert exp.extraction_variant == "chat"
     assert exp.prompt_sets == ["starter/general"]
-    assert len(project.prompt_sets["starter/general"].prompts) == 10
+    written = json.loads((root / "datasets" / "inference" / "starter" / "general.json").read_text())["prompts"]
+    assert [p.text for p in project.prompt_sets["starter/general"].prompts] == [p["text"] for p in written]
+    assert [p.id for p in project.prompt_sets["starter/general"].prompts] == [str(p["id"]) for p in written]
     # Defaults fill every key that was not given.
     assert exp.spec.extraction.methods == ["probe", "mean_diff"]
     assert exp.spec.storage.uri == "./experiments"
@@ -135,7 +170,7 @@ def test_symlink_out_of_root_is_refused(tmp_path):
     [
         ("positive.jsonl", '{"prompt": "a"}\nnot json\n', "positive.jsonl:2: invalid JSON"),
         ("positive.jsonl", '{"prompt": ""}\n', "positive.jsonl:1: prompt: expected a non-empty string"),
-        ("negative.jsonl", '{"prompt": "a"}\n', "positive has 20 scenarios but negative has 1"),
+        ("negative.jsonl", '{"prompt": "a"}\n', f"positive has {PAIRED_SCENARIOS} scenarios but negative has 1"),
         ("steering.json", '{"questions": []}', "steering.json:1: questions: expected a non-empty list"),
         ("steering.json", '{\n "questions": ["q"],\n "direction": "up"\n}', "steering.json:3: direction: expected positive or negative"),
         ("steering.json", '{"questions": ["q"], "eval_prompt": "no placeholders"}', "must contain {question}"),
@@ -151,17 +186,21 @@ def test_bad_trait_files(tmp_path, filename, content, needle):
 
 def test_bad_prompt_set(tmp_path):
     root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
-    (root / "datasets" / "inference" / "starter" / "general.json").write_text('{"prompts": [{"id": 1}]}')
+    (root / "datasets" / "inference" / "starter" / "general.json").write_text('{"prompts": [\n  {"id": 1}\n]}')
     messages = [e.format() for e in errors_of(root)]
-    assert any("general.json" in m and "prompts.0.text" in m for m in messages), messages
+    assert any("general.json:2: prompts[0].text: expected a non-empty string" in m for m in messages), messages
 
 
 def test_cli_validate_ok_and_errors(tmp_path, capsys):
     root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
     assert main(["validate", "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "trait starter/optimism: 20 positive / 20 negative scenarios (paired), 10 steering questions" in out
-    assert "prompt set starter/general: 10 prompts" in out
+    optimism = root / "datasets" / "traits" / "starter" / "optimism"
+    n_pos, n_neg = (len(nonblank_lines(optimism / f"{side}.jsonl")) for side in ("positive", "negative"))
+    n_questions = len(json.loads((optimism / "steering.json").read_text())["questions"])
+    n_prompts = len(json.loads((root / "datasets" / "inference" / "starter" / "general.json").read_text())["prompts"])
+    assert f"trait starter/optimism: {n_pos} positive / {n_neg} negative scenarios (paired), {n_questions} steering questions" in out
+    assert f"prompt set starter/general: {n_prompts} prompts" in out
     (root / "specs" / "experiments" / "exp.yaml").write_text("name: exp\nvariants: {a: nope}\ntraits: [zzz]\n")
     assert main(["validate", "--root", str(root)]) == 2
     err = capsys.readouterr().err

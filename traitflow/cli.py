@@ -107,10 +107,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- commands
+def load_for(args: argparse.Namespace):
+    """The project with just the named experiment (and the ones it takes vectors from); warnings go
+    to stderr, and an experiment with errors stops here with each of them."""
+    from traitflow.specs.loader import load_project
+
+    project = load_project(args.root, experiments=[args.experiment], strict=False)
+    project.require(args.experiment)
+    for warning in project.warnings:
+        print(f"warning: {warning.format()}", file=sys.stderr)
+    return project
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from traitflow.specs.loader import load_project
 
-    project = load_project(args.root)
+    project = load_project(args.root, strict=False)
+    for warning in project.warnings:
+        print(f"warning: {warning.format()}", file=sys.stderr)
+    if project.errors:
+        raise SpecErrors(project.errors)
     print(f"project {args.root.resolve()}")
     print(f"  model specs: {', '.join(sorted(project.models)) or 'none'}")
     for exp in project.experiments.values():
@@ -122,7 +138,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             data = project.traits[trait]
             questions = len(data.steering.questions) if data.steering else 0
             print(f"  trait {trait}: {len(data.positive)} positive / {len(data.negative)} negative scenarios"
-                  f"{' (paired)' if data.paired else ''}, {questions} steering questions")
+                  f"{' (paired)' if data.paired else ''}, {questions} steering questions"
+                  f"{' (with adversarial prefix)' if data.steering and data.steering.adversarial_prefix else ''}")
         for name in exp.prompt_sets:
             print(f"  prompt set {name}: {len(project.prompt_sets[name].prompts)} prompts")
     print(f"ok: {len(project.experiments)} experiment(s), {len(project.traits)} trait(s), "
@@ -140,9 +157,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from assets.runner import run_experiment
-    from traitflow.specs.loader import load_project
 
-    project = load_project(args.root, experiments=[args.experiment])
+    project = load_for(args)
     if args.storage:
         os.environ["TRAITFLOW_STORAGE"] = args.storage
     from transformers.utils import logging as hf_logging
@@ -155,9 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from traitflow.report import build_report, format_report
-    from traitflow.specs.loader import load_project
 
-    project = load_project(args.root, experiments=[args.experiment])
+    project = load_for(args)
     report = build_report(project, args.experiment, storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -165,9 +180,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from traitflow.export import export_experiment_gguf
-    from traitflow.specs.loader import load_project
 
-    project = load_project(args.root, experiments=[args.experiment])
+    project = load_for(args)
     result = export_experiment_gguf(
         project, args.experiment, args.trait, variant=args.variant, position=args.position, method=args.method,
         layers=args.layers, coefficient=args.coefficient, out=args.out, model_hint=args.model_hint,

@@ -31,3 +31,8 @@ class SpecErrors(TraitflowError):
     def __init__(self, errors: list[SpecError]):
         self.errors = errors
         super().__init__("\n".join(e.format() for e in errors))
+
+
+class SpecWarning(SpecError):
+    """Same shape as SpecError (file, line, field, message) but never raised: a problem worth one
+    line that stops nothing, e.g. a key we do not know in a file whose format evolves upstream."""

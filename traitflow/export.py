@@ -228,7 +228,10 @@ def export_experiment_gguf(
     variant = variant or exp.extraction_variant
     if variant not in exp.variants:
         raise TraitflowError(f"experiment {exp.name!r} has no variant {variant!r} (variants: {', '.join(exp.variants)})")
-    positions = exp.spec.extraction.positions
+    if not exp.extracts:
+        raise TraitflowError(f"experiment {exp.name} takes its vectors from {exp.vector_source('steering').name}; "
+                             "export from that experiment")
+    positions = exp.extraction_for(trait).positions
     position = position or positions[0]
     if position not in positions:
         raise TraitflowError(f"position {position!r} was not extracted (extraction.position: {', '.join(positions)})")

@@ -5,7 +5,6 @@ metadata. They know nothing of Dagster: the asset bodies in `assets/` are a loop
 keys calling these, and tests call them directly.
 """
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +55,12 @@ class StageContext:
     store: ArtifactStore
     load_model: Callable[[str], Any]  # variant name -> LoadedModel (cached per process)
     log: Callable[[str], None] = field(default=print)
+    storage_override: str | None = None  # TRAITFLOW_STORAGE / --storage: replaces every experiment's storage.uri
 
     @classmethod
     def create(cls, project: Project, experiment: str, load_model: Callable[[str], Any] | None = None,
                storage_uri: str | None = None, log: Callable[[str], None] = print) -> "StageContext":
-        exp = project.experiments[experiment]
+        exp = project.require(experiment)
         store = open_store(storage_uri or exp.spec.storage.uri, project.root)
         if load_model is None:
             from traitflow.model.loading import MODEL_CACHE
@@ -68,7 +68,7 @@ class StageContext:
             def load_model(variant: str) -> Any:
                 return MODEL_CACHE.get(exp.variants[variant], project.root)
 
-        return cls(project, exp, store, load_model, log)
+        return cls(project, exp, store, load_model, log, storage_uri or None)
 
     def path(self, asset: str, partition: tuple[str, ...]) -> Path:
         return self.store.path(self.experiment.name, asset, partition, FILES[asset])
@@ -76,6 +76,27 @@ class StageContext:
 
 def trait_partition(trait: str, variant: str) -> tuple[str, ...]:
     return (*trait.split("/"), variant)
+
+
+def vectors_context(ctx: StageContext, stage: str) -> StageContext:
+    """Where a stage ("steering", "inference") reads vectors and their evaluation: the experiment
+    named by its `vectors_from` (extract once, apply everywhere), else this one."""
+    source = ctx.experiment.vector_source(stage)
+    if source is ctx.experiment:
+        return ctx
+
+    def no_model(variant: str) -> Any:
+        raise TraitflowError(f"{source.name}: its vectors are read from storage; no model of it is loaded here")
+
+    store = open_store(ctx.storage_override or source.spec.storage.uri, ctx.project.root)
+    return StageContext(ctx.project, source, store, no_model, ctx.log, ctx.storage_override)
+
+
+def require_extraction(src: StageContext, trait: str, stage: str) -> None:
+    """A clear error when vectors another experiment should provide are not there yet."""
+    if not src.path("extraction_eval", trait_partition(trait, src.experiment.extraction_variant)).exists():
+        raise TraitflowError(f"{stage}.vectors_from: experiment {src.experiment.name} has no vectors for {trait} yet; "
+                             f"run `traitflow run {src.experiment.name} --stages extraction` first")
 
 
 # --------------------------------------------------------------------------- extraction
@@ -114,7 +135,7 @@ def run_vetting(ctx: StageContext, trait: str, variant: str) -> dict:
     part = trait_partition(trait, variant)
     responses = ctx.store.read_json(ctx.path("responses", part))
     judge = judge_for(ctx, trait) if spec.enabled else None
-    record = vet_responses(responses, ctx.project.traits[trait], spec, judge, ctx.experiment.spec.extraction.positions)
+    record = vet_responses(responses, ctx.project.traits[trait], spec, judge, ctx.experiment.extraction_for(trait).positions)
     path = ctx.path("vetting", part)
     ctx.store.write_json(path, record)
     summary = record["summary"]
@@ -143,7 +164,7 @@ def run_activations(ctx: StageContext, trait: str, variant: str) -> dict:
     from traitflow.extract.capture import capture_trait_activations
     from traitflow.extract.layers import parse_layers
 
-    spec = ctx.experiment.spec.extraction
+    spec = ctx.experiment.extraction_for(trait)
     part = trait_partition(trait, variant)
     responses = ctx.store.read_json(ctx.path("responses", part))
     vetting = read_vetting(ctx, trait, variant)
@@ -211,7 +232,7 @@ def load_vectors(ctx: StageContext, trait: str, variant: str):
 def run_vectors(ctx: StageContext, trait: str, variant: str) -> dict:
     from traitflow.extract.vectors import extract_vectors
 
-    spec = ctx.experiment.spec.extraction
+    spec = ctx.experiment.extraction_for(trait)
     part = trait_partition(trait, variant)
     acts = _load_activations(ctx, part)
     vectors = extract_vectors(acts, list(spec.methods), spec.val_split, spec.seed, acts.metadata.get("input_hashes", {}),
@@ -300,50 +321,60 @@ def steering_setup(ctx: StageContext, trait: str, variant: str, loaded: Any):
     dataset = ctx.project.traits[trait]
     if dataset.steering is None:
         raise TraitflowError(f"{dataset.folder}: steering.json is missing; the steering stage needs its questions")
-    source = exp.extraction_variant
-    position = spec.position or exp.spec.extraction.positions[0]
-    evaluation = read_extraction_eval(ctx, trait, source)
+    src = vectors_context(ctx, "steering")
+    if src is not ctx:
+        require_extraction(src, trait, "steering")
+    source = src.experiment.extraction_variant
+    position = spec.position or src.experiment.extraction_for(trait).positions[0]
+    evaluation = read_extraction_eval(src, trait, source)
     if position not in evaluation["best"]:
         raise TraitflowError(f"{exp.path}: steering.position {position!r} is not among extraction.position")
     method = spec.method or evaluation["best"][position]["method"]
     component = evaluation["best"][position]["component"]
-    vectors = load_vectors(ctx, trait, source)
+    vectors = load_vectors(src, trait, source)
     if (position, component, method) not in vectors.vectors:
         raise TraitflowError(f"{exp.path}: steering.method {method!r} was not extracted")
     defined = vectors.defined_layers(position, component, method)
-    layers = [layer for layer in parse_layers(spec.layers, loaded.n_layers) if layer in defined]
+    wanted_layers = exp.steering_layers_for(trait)
+    layers = [layer for layer in parse_layers(wanted_layers, loaded.n_layers) if layer in defined]
     if not layers:
-        raise TraitflowError(f"{exp.path}: steering.layers {spec.layers!r} selects none of the layers where "
+        raise TraitflowError(f"{exp.path}: steering.layers {wanted_layers!r} selects none of the layers where "
                              f"{method} vectors exist ({defined})")
+    questions = dataset.steering.bare_questions if spec.strip_prefix else dataset.steering.questions
     stacked = vectors.vectors[(position, component, method)]
     norms = vectors.norms[(position, component)]
     return SteeringSetup(
-        trait=dataset, variant=variant, questions=dataset.steering.questions[: spec.search.questions],
+        trait=dataset, variant=variant, questions=questions[: spec.search.questions],
         position=position, component=component, method=method, layers=layers,
         vectors={layer: stacked[vectors.layers.index(layer)] for layer in layers},
         norms={layer: float(norms[vectors.layers.index(layer)]) for layer in layers},
         direction=1 if dataset.direction == "positive" else -1,
         max_new_tokens=spec.search.max_new_tokens, batch_size=spec.search.batch_size,
-        vector_source={"model": vectors.metadata.get("model", {}), "experiment": exp.name, "trait": trait, "variant": source},
+        vector_source={"model": vectors.metadata.get("model", {}), "experiment": src.experiment.name, "trait": trait,
+                       "variant": source},
         system_prompt=spec.system_prompt,
     )
 
 
 def run_steering_stage(ctx: StageContext, trait: str, variant: str) -> dict:
     from traitflow.charts import steering_chart
-    from traitflow.steer.run import run_steering
+    from traitflow.steer.run import ResultsLog, grid_keys, run_key, run_steering
     from traitflow.steer.search import Schedule
 
     search = ctx.experiment.spec.steering.search
+    coefficients = ctx.experiment.spec.steering.coefficients
     loaded = ctx.load_model(variant)
     setup = steering_setup(ctx, trait, variant, loaded)
     schedule = Schedule(steps=search.steps, start=search.start, up=search.up, down=search.down,
                         coherence_target=search.coherence_target)
     folder = ctx.path("steering", trait_partition(trait, variant)).parent
     summary = run_steering(loaded, judge_for(ctx, trait), setup, schedule, search.min_coherence, folder,
-                           header_extra={"experiment": ctx.experiment.name}, log=ctx.log)
-    chart = steering_chart([json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()], trait,
-                           min_coherence=search.min_coherence, direction=setup.direction)
+                           header_extra={"experiment": ctx.experiment.name}, log=ctx.log, coefficients=coefficients)
+    entries = ResultsLog(folder).read()
+    if coefficients:  # chart the grid only, like the summary (the log may hold runs of an earlier search)
+        keep = grid_keys(setup.layers, coefficients)
+        entries = [e for e in entries if e.get("type") is not None or "config" not in e or run_key(e) in keep]
+    chart = steering_chart(entries, trait, min_coherence=search.min_coherence, direction=setup.direction)
     files = chart.write(folder)
     best = summary["best"] or {}
     return {
@@ -404,8 +435,10 @@ def run_best_vector(ctx: StageContext, trait: str) -> dict:
         path = ctx.path("cma_es", trait_partition(trait, variant))
         if path.exists():
             refined[variant] = ctx.store.read_json(path)
-    evaluation = read_extraction_eval(ctx, trait, exp.extraction_variant)
-    choice = choose_best_vector(trait, summaries, evaluation, exp.spec.extraction.positions[0], exp.extraction_variant,
+    src = vectors_context(ctx, "steering")
+    evaluation = read_extraction_eval(src, trait, src.experiment.extraction_variant)
+    choice = choose_best_vector(trait, summaries, evaluation, src.experiment.extraction_for(trait).positions[0],
+                                src.experiment.extraction_variant,
                                 refined=refined)
     path = ctx.store.path(exp.name, "best_vector", tuple(trait.split("/")), FILES["best_vector"])
     ctx.store.write_json(path, choice)
@@ -483,13 +516,15 @@ def read_calibration(ctx: StageContext, variant: str) -> dict:
 def monitored_vector(ctx: StageContext, trait: str) -> tuple[str, str, str, int]:
     """(position, component, method, best layer) of the vector a trait is monitored with."""
     spec = ctx.experiment.spec
-    position = spec.inference.position or spec.extraction.positions[0]
-    if position not in spec.extraction.positions:
+    src = vectors_context(ctx, "inference")
+    positions = src.experiment.extraction_for(trait).positions
+    position = spec.inference.position or positions[0]
+    if position not in positions:
         raise TraitflowError(f"{ctx.experiment.path}: inference.position {position!r} is not among extraction.position")
-    evaluation = read_extraction_eval(ctx, trait, ctx.experiment.extraction_variant)
+    evaluation = read_extraction_eval(src, trait, src.experiment.extraction_variant)
     rows = [r for r in evaluation["scores"] if r["position"] == position]
     if spec.inference.method == "cma_es":
-        refined = load_vectors(ctx, trait, ctx.experiment.extraction_variant).metadata.get("refined", {}).get("cma_es")
+        refined = load_vectors(src, trait, src.experiment.extraction_variant).metadata.get("refined", {}).get("cma_es")
         if refined is None:
             raise TraitflowError(f"{ctx.experiment.path}: inference.method cma_es needs steering.cma_es for {trait}")
         component = next(iter({r["component"] for r in rows}), "residual")
@@ -526,14 +561,15 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
     exp = ctx.experiment
     responses = ctx.store.read_json(ctx.path("inference_responses", (*prompt_set.split("/"), variant)))
     loaded = ctx.load_model(variant)
+    src = vectors_context(ctx, "inference")
     probes, skipped, baselines = [], [], {}
     for trait in exp.traits:
-        if not ctx.path("extraction_eval", trait_partition(trait, exp.extraction_variant)).exists():
+        if not src.path("extraction_eval", trait_partition(trait, src.experiment.extraction_variant)).exists():
             skipped.append(trait)  # e.g. vetting left too few replies: there is no vector to monitor
-            ctx.log(f"projections: no vector for {trait} (extraction_eval missing); skipped")
+            ctx.log(f"projections: no vector for {trait} (extraction_eval of {src.experiment.name} missing); skipped")
             continue
         position, component, method, best = monitored_vector(ctx, trait)
-        vectors = load_vectors(ctx, trait, exp.extraction_variant)
+        vectors = load_vectors(src, trait, src.experiment.extraction_variant)
         layers = inference_layers(exp.spec.inference.layers, loaded.n_layers, best)
         defined = vectors.defined_layers(position, component, method)
         if method == "cma_es":
@@ -548,7 +584,7 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
     if not probes:
         raise TraitflowError(f"{exp.name}: no trait has extracted vectors yet; materialize extraction_eval first")
     spec = exp.spec.inference
-    options: dict[str, Any] = {"mode": spec.score}
+    options: dict[str, Any] = {"mode": spec.score, "response_only": spec.response_only}
     if spec.score == "normalized" or spec.clean_massive_dims:
         from traitflow.monitor.calibration import massive_dims, mean_norms
 
@@ -585,9 +621,9 @@ def comparison_keys(exp: Experiment) -> list[str]:
 def comparison_vector(ctx: StageContext, trait: str) -> tuple[str, str, str]:
     """The vectors a comparison measures with: the steering position (the upcoming choice, not the
     tokens already emitted — DESIGN §9) and its best extracted method, at every layer."""
-    exp = ctx.experiment
-    position = exp.spec.steering.position or exp.spec.extraction.positions[0]
-    best = read_extraction_eval(ctx, trait, exp.extraction_variant)["best"]
+    src = vectors_context(ctx, "inference")
+    position = ctx.experiment.spec.steering.position or src.experiment.extraction_for(trait).positions[0]
+    best = read_extraction_eval(src, trait, src.experiment.extraction_variant)["best"]
     row = best.get(position) or next(iter(best.values()))
     return row["position"], row["component"], row["method"]
 
@@ -600,17 +636,19 @@ def run_variant_diff(ctx: StageContext, comparison: str) -> dict:
     spec = next(c for c in exp.spec.comparisons if comparison_key(c.a, c.b, c.prompt_set) == comparison)
     responses = ctx.store.read_json(ctx.path("inference_responses", (*spec.prompt_set.split("/"), spec.a)))
     probes = []
+    src = vectors_context(ctx, "inference")
     for trait in exp.traits:
-        if not ctx.path("extraction_eval", trait_partition(trait, exp.extraction_variant)).exists():
+        if not src.path("extraction_eval", trait_partition(trait, src.experiment.extraction_variant)).exists():
             continue
         position, component, method = comparison_vector(ctx, trait)
-        vectors = load_vectors(ctx, trait, exp.extraction_variant)
+        vectors = load_vectors(src, trait, src.experiment.extraction_variant)
         layers = vectors.defined_layers(position, component, method)
         stacked = vectors.vectors[(position, component, method)]
         probes.append(Probe(trait, layers, stacked[[vectors.layers.index(layer) for layer in layers]]))
     if not probes:
         raise TraitflowError(f"{exp.name}: no trait has extracted vectors yet; materialize extraction_eval first")
-    record = compare_variants(ctx.load_model(spec.a), ctx.load_model(spec.b), responses, probes, exp.spec.inference.batch_size)
+    record = compare_variants(ctx.load_model(spec.a), ctx.load_model(spec.b), responses, probes, exp.spec.inference.batch_size,
+                              top_pct=spec.top_pct)
     record["vectors"] = {p.trait: dict(zip(("position", "component", "method"), comparison_vector(ctx, p.trait), strict=True))
                          for p in probes}
     path = ctx.store.path(exp.name, "variant_diff", tuple(comparison.split("/")), "variant_diff.json")

@@ -4,10 +4,12 @@ how every trait's projection moves (d signed as B − A).
 Per trait and layer: Cohen's d of the per-prompt mean response projections (unpaired, pooled SD;
 and paired, mean difference over SD of differences), the cosine between the mean activation
 difference (B − A, response tokens) and the trait vector, and the peak layer by |d| (the reference
-toolkit's rule). Per token: B − A deltas; per clause (split at punctuation): mean delta, ranked
-across the prompt set.
+toolkit's rule). Per token: B − A deltas; per clause (split at punctuation): mean delta. Each
+prompt keeps its top `top_pct` percent of clauses by |delta| (at least one), and the kept clauses
+are ranked across the prompt set by |delta|.
 """
 
+import math
 import re
 import statistics
 from dataclasses import dataclass
@@ -54,9 +56,21 @@ def _clauses(tokens: list[str], deltas: list[float]) -> list[tuple[str, float]]:
     return [(text, value) for text, value in out if text]
 
 
+def kept_clauses(n_clauses: int, top_pct: float) -> int:
+    """How many of a prompt's clauses are kept: ``max(1, ceil(top_pct/100 × n))`` (none of none)."""
+    if n_clauses == 0:
+        return 0
+    return max(1, math.ceil(round(top_pct * n_clauses / 100, 9)))  # round: 7 % of 100 is 7, not 8
+
+
 def compare_variants(model_a: Any, model_b: Any, responses: dict, probes: list[Probe], batch_size: int = 16,
-                     top_clauses: int = 10) -> dict:
-    """The variant_diff record for A's responses replayed through A and B."""
+                     top_pct: float = 5) -> dict:
+    """The variant_diff record for A's responses replayed through A and B.
+
+    `top_clauses` per trait: each prompt's ``max(1, ceil(top_pct/100 × n_clauses))`` clauses with the
+    largest |delta|, all of them ranked by |delta| across the prompt set."""
+    if not 0 < top_pct <= 100:
+        raise ValueError(f"top_pct must be in (0, 100], got {top_pct}")
     from traitflow.model.hooks import capture_pooled, project_tokens
 
     layers = sorted({layer for p in probes for layer in p.layers})
@@ -93,7 +107,9 @@ def compare_variants(model_a: Any, model_b: Any, responses: dict, probes: list[P
             tokens = [tokenizer.decode([t]) for t in item["response_ids"]]
             prompts.append({"id": item["id"], "mean_delta": statistics.fmean(deltas), "tokens": tokens,
                             "deltas": [round(d, 4) for d in deltas]})
-            clauses += [{"id": item["id"], "clause": text, "delta": value} for text, value in _clauses(tokens, deltas)]
+            own = sorted(_clauses(tokens, deltas), key=lambda c: -abs(c[1]))
+            clauses += [{"id": item["id"], "clause": text, "delta": value}
+                        for text, value in own[: kept_clauses(len(own), top_pct)]]
         clauses.sort(key=lambda c: -abs(c["delta"]))
         prompts.sort(key=lambda p: -abs(p["mean_delta"]))
         # Layer sensitivity: how the per-prompt shifts at each layer agree with the peak layer's.
@@ -105,10 +121,10 @@ def compare_variants(model_a: Any, model_b: Any, responses: dict, probes: list[P
                       for pa, pb in zip(proj_a, proj_b, strict=True)]
             row["delta"] = statistics.fmean(shifts)
             row["correlation_with_peak"] = _correlation(shifts, peak_shifts)
-        traits[probe.trait] = {"peak": peak, "layers": per_layer, "top_clauses": clauses[:top_clauses],
+        traits[probe.trait] = {"peak": peak, "layers": per_layer, "top_clauses": clauses,
                                "top_prompts": prompts[:5]}
     return {"a": model_a.spec.name, "b": model_b.spec.name, "prompt_set": responses["prompt_set"], "n_prompts": len(items),
-            "sign": "B - A", "traits": traits}
+            "sign": "B - A", "top_pct": top_pct, "traits": traits}
 
 
 def _correlation(x: list[float], y: list[float]) -> float:

@@ -6,6 +6,13 @@ folded into the user message (``system + "\\n\\n" + prompt``). Without a chat te
 models): plain text ``system_prompt + "\\n\\n" + prompt`` tokenised with the tokenizer's usual
 special tokens (e.g. BOS).
 
+Every render passes :func:`template_kwargs` of the variant's spec to
+``tokenizer.apply_chat_template``: the spec's ``chat_template_kwargs``, with ``enable_thinking``
+defaulting to False. A template with a thinking switch (Qwen3 style) thus renders with thinking
+off (its empty ``<think></think>`` block after the generation prompt) unless the spec sets
+``chat_template_kwargs: {enable_thinking: true}``; a template that never reads the keyword is
+unaffected (Jinja ignores unused variables).
+
 The ids returned here are the ids used everywhere downstream: nothing re-tokenises decoded text.
 
 Example:
@@ -14,7 +21,27 @@ Example:
 
 from typing import Any
 
-__all__ = ["format_prompt", "prompt_ids"]
+from traitflow.errors import TraitflowError
+
+__all__ = ["format_prompt", "prompt_ids", "template_kwargs"]
+
+# apply_chat_template arguments this module sets itself; a spec may not override them.
+_RESERVED = frozenset({"conversation", "tokenize", "add_generation_prompt"})
+
+
+def template_kwargs(spec: Any) -> dict[str, Any]:
+    """Keywords for ``apply_chat_template``: ``enable_thinking=False`` unless the spec's
+    ``chat_template_kwargs`` says otherwise, plus every other keyword it gives.
+
+    Raises:
+        TraitflowError when the spec names an argument this module sets itself.
+    """
+    given = dict(getattr(spec, "chat_template_kwargs", None) or {})
+    clash = sorted(_RESERVED & set(given))
+    if clash:
+        name = getattr(spec, "name", "") or getattr(spec, "model", "?")
+        raise TraitflowError(f"model {name!r}: chat_template_kwargs may not set {', '.join(clash)}")
+    return {"enable_thinking": False, **given}
 
 
 def _fold(prompt: str, system_prompt: str | None) -> str:
@@ -26,16 +53,17 @@ def format_prompt(loaded: Any, prompt: str, system_prompt: str | None = None) ->
     tokenizer = loaded.tokenizer
     if not loaded.uses_chat_template:
         return _fold(prompt, system_prompt), False
+    extra = template_kwargs(loaded.spec)
     if system_prompt:
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
         try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         except Exception:  # noqa: BLE001 - jinja TemplateError from raise_exception, or a template bug
             text = None
         if isinstance(text, str) and system_prompt.strip() in text:
             return text, True
     user = [{"role": "user", "content": _fold(prompt, system_prompt)}]
-    return tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True), True
+    return tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True, **extra), True
 
 
 def prompt_ids(loaded: Any, prompt: str, system_prompt: str | None = None) -> list[int]:

@@ -260,6 +260,7 @@ class TraitMonitor:
 
 
 def _require_vectors(ctx: Any, trait: str) -> None:
+    """The trait's vectors (those of `inference.vectors_from` when set) must be materialized."""
     from traitflow.pipeline import trait_partition
 
     exp = ctx.experiment
@@ -269,13 +270,14 @@ def _require_vectors(ctx: Any, trait: str) -> None:
 
 
 def _monitors(ctx: Any, traits: list[str]) -> list[TraitMonitor]:
-    from traitflow.pipeline import load_vectors, monitored_vector
+    from traitflow.pipeline import load_vectors, monitored_vector, vectors_context
 
+    src = vectors_context(ctx, "inference")
     out = []
     for trait in traits:
-        _require_vectors(ctx, trait)
+        _require_vectors(src, trait)
         position, component, method, layer = monitored_vector(ctx, trait)
-        vectors = load_vectors(ctx, trait, ctx.experiment.extraction_variant)
+        vectors = load_vectors(src, trait, src.experiment.extraction_variant)
         key = (position, component, method)
         vector = vectors.vector(position, component, method, layer)
         baseline = vectors.baselines.get(key)
@@ -287,7 +289,7 @@ def _monitors(ctx: Any, traits: list[str]) -> list[TraitMonitor]:
 
 def _steers(ctx: Any, specs: Sequence[str]) -> tuple[list[Any], list[str]]:
     """Parse ``TRAIT:COEF``; each steers at the trait's best steering layer (else its monitored layer)."""
-    from traitflow.pipeline import load_vectors, monitored_vector, read_best_vector
+    from traitflow.pipeline import load_vectors, monitored_vector, read_best_vector, vectors_context
     from traitflow.steer.interventions import Steer
 
     exp = ctx.experiment
@@ -302,8 +304,9 @@ def _steers(ctx: Any, specs: Sequence[str]) -> tuple[list[Any], list[str]]:
             raise TraitflowError(f"--steer {spec!r}: expected TRAIT:COEFFICIENT, e.g. toy/optimism:-80")
         if trait not in exp.traits:
             raise TraitflowError(f"--steer: unknown trait {trait!r}; experiment {exp.name} has {', '.join(exp.traits)}")
-        _require_vectors(ctx, trait)
-        vectors = load_vectors(ctx, trait, exp.extraction_variant)
+        src = vectors_context(ctx, "inference")
+        _require_vectors(src, trait)
+        vectors = load_vectors(src, trait, src.experiment.extraction_variant)
         best = read_best_vector(ctx, trait)
         choice = None
         if best is not None:
@@ -348,9 +351,8 @@ def run_monitor(
         colour = bool(getattr(out, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
     if max_new_tokens < 1:
         raise TraitflowError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    project = load_project(root, experiments=[experiment])
-    if experiment not in project.experiments:
-        raise TraitflowError(f"unknown experiment {experiment!r}")
+    project = load_project(root, experiments=[experiment], strict=False)
+    project.require(experiment)
     ctx = StageContext.create(project, experiment, storage_uri=storage_uri, log=lambda _: None)
     exp = ctx.experiment
     if variant not in exp.variants:

@@ -31,6 +31,7 @@ def project_responses(
     mean_norms: dict[int, float] | None = None,
     centre: dict[str, dict[int, float]] | None = None,
     clean_dims: dict[int, list[int]] | None = None,
+    response_only: bool = False,
 ) -> dict:
     """Project every token of every response onto all traits at once (one forward pass per batch).
 
@@ -53,6 +54,12 @@ def project_responses(
     The record's ``mode``, ``centred`` (bool) and ``cleaned`` (``{str(layer): dims}`` actually
     applied, empty when none) say what was done. With the defaults the scores are ``h·v̂`` and
     ``norms`` ``‖h‖``, as before these options existed.
+
+    ``response_only`` stores the response tokens only (the forward pass still sees the prompt, so
+    the numbers equal the response part of a full projection): each item's ``tokens``,
+    ``token_ids``, ``scores`` and ``norms`` start at the first response token, ``prompt_len`` is 0
+    and ``prompt_tokens`` holds the prompt's length; the record says ``response_only: true``.
+    Readers that slice ``[prompt_len:]`` get the response either way.
     """
     from traitflow.model.hooks import project_tokens
 
@@ -106,6 +113,7 @@ def project_responses(
     n_probes = len(probes)
     for item, proj in zip(items, projected, strict=True):
         ids = item["prompt_ids"] + item["response_ids"]
+        start = len(item["prompt_ids"]) if response_only else 0  # first stored token
         raw = proj.scores[:n_probes].double() * scale[:, :, None].double()  # [n_traits, n_layers, T]
         norms = proj.norms.double()  # [n_layers, T]
         if cleaned:
@@ -126,17 +134,20 @@ def project_responses(
                     s = s / norms[li].clamp_min(1e-12)
                 elif mode == "normalized":
                     s = s / float(mean_norms[layer])
-                per_layer[str(layer)] = _round(s)
+                per_layer[str(layer)] = _round(s[start:])
             scores[probe.trait] = per_layer
-        out_items.append({
+        out_item = {
             "id": item["id"],
-            "prompt_len": len(item["prompt_ids"]),
-            "tokens": tokenizer.convert_ids_to_tokens(ids),
-            "token_ids": ids,
+            "prompt_len": len(item["prompt_ids"]) - start,
+            "tokens": tokenizer.convert_ids_to_tokens(ids[start:]),
+            "token_ids": ids[start:],
             "response": item["response"],
             "scores": scores,
-            "norms": {str(layer): _round(norms[li]) for li, layer in enumerate(layers)},
-        })
+            "norms": {str(layer): _round(norms[li, start:]) for li, layer in enumerate(layers)},
+        }
+        if response_only:
+            out_item["prompt_tokens"] = start
+        out_items.append(out_item)
     return {
         "prompt_set": responses["prompt_set"],
         "variant": responses["variant"],
@@ -146,6 +157,7 @@ def project_responses(
         "mode": mode,
         "centred": centre is not None,
         "cleaned": {str(layer): dims for layer, dims in cleaned.items()},
+        "response_only": response_only,
         "items": out_items,
     }
 

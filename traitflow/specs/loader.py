@@ -7,7 +7,7 @@ of them (raising SpecErrors) so `traitflow validate` can show every problem at o
 import fnmatch
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from traitflow.data.prompts import PromptSet, load_prompt_set
 from traitflow.data.traits import TraitDataset, load_trait
-from traitflow.errors import SpecError, SpecErrors, TraitflowError
-from traitflow.specs.models import ExperimentSpec, ModelSpec
+from traitflow.errors import SpecError, SpecErrors, SpecWarning, TraitflowError
+from traitflow.specs.models import ExperimentSpec, ExtractionSpec, ModelSpec, TraitConfig
 from traitflow.specs.yaml_lines import LocatedYaml, dotted, load_yaml
 
 M = TypeVar("M", bound=BaseModel)
@@ -36,6 +36,9 @@ class Experiment:
     variants: dict[str, ModelSpec]  # variant name -> full model spec (name == variant name)
     traits: list[str]  # trait partition keys, sorted
     prompt_sets: list[str]  # prompt-set partition keys used by inference or comparisons
+    trait_configs: dict[str, TraitConfig] = field(default_factory=dict)  # each trait's trait.yaml overrides
+    # stage ("steering" | "inference") -> the experiment whose vectors it uses (`<stage>.vectors_from`)
+    vector_sources: dict[str, "Experiment"] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -49,10 +52,33 @@ class Experiment:
     def inference_variants(self) -> list[str]:
         return list(self.spec.inference.variants) or list(self.variants)
 
+    @property
+    def extracts(self) -> bool:
+        """Whether any stage uses this experiment's own vectors (else extraction is left out)."""
+        return not ({"steering", "inference"} <= set(self.vector_sources))
+
+    def extraction_for(self, trait: str) -> ExtractionSpec:
+        """The extraction settings of one trait: the experiment's, with its trait.yaml overrides."""
+        config = self.trait_configs.get(trait)
+        if config is None:
+            return self.spec.extraction
+        update = {key: getattr(config, key) for key in ("position", "methods", "layers") if getattr(config, key) is not None}
+        return self.spec.extraction.model_copy(update=update) if update else self.spec.extraction
+
+    def steering_layers_for(self, trait: str) -> str | int:
+        """The layers a trait is steered at: its trait.yaml `layers`, else `steering.layers`."""
+        config = self.trait_configs.get(trait)
+        return config.layers if config is not None and config.layers is not None else self.spec.steering.layers
+
+    def vector_source(self, stage: str) -> "Experiment":
+        """The experiment whose vectors a stage (steering, inference) uses: `vectors_from`, else this one."""
+        return self.vector_sources.get(stage, self)
+
     def code_version(self, asset: str) -> str:
         """Content hash of the spec fields an asset depends on, chained through its upstream assets,
         so a change shows as stale exactly where it matters (e.g. a new vetting threshold re-filters
-        and re-extracts, but does not regenerate responses)."""
+        and re-extracts, but does not regenerate responses). Per-trait overrides in trait.yaml count
+        as the fields they override; vectors from another experiment chain through its versions."""
         fields = ASSET_SPEC_FIELDS[asset]
         payload: dict[str, Any] = {}
         for dotted_path in fields:
@@ -60,10 +86,34 @@ class Experiment:
             for part in dotted_path.split("."):
                 value = getattr(value, part)
             payload[dotted_path] = _dump(value)
+            overrides = {trait: _dump(getattr(config, key)) for trait, config in sorted(self.trait_configs.items())
+                         for key in TRAIT_OVERRIDES.get(dotted_path, ()) if getattr(config, key) is not None}
+            if overrides:
+                payload[f"{dotted_path}@traits"] = overrides
         if asset in ("responses", "inference_responses", "calibration", "steering"):
             payload["variants"] = {k: v.model_dump(mode="json", exclude={"name"}) for k, v in sorted(self.variants.items())}
-        payload["upstream"] = [self.code_version(up) for up in ASSET_UPSTREAM.get(asset, [])]
+        stage = ASSET_STAGE.get(asset)
+        source = self.vector_sources.get(stage) if stage else None
+        payload["upstream"] = [
+            (source.code_version(up) if source is not None and up in EXTRACTION_ASSETS else self.code_version(up))
+            for up in ASSET_UPSTREAM.get(asset, [])
+        ]
+        if source is not None:
+            payload["vectors_from"] = source.name
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# trait.yaml keys that override experiment fields for that trait: spec field -> the trait.yaml keys.
+TRAIT_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "extraction.position": ("position",),
+    "extraction.methods": ("methods",),
+    "extraction.layers": ("layers",),
+    "steering.layers": ("layers",),
+}
+EXTRACTION_ASSETS = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens")
+# Assets that read vectors, by the stage whose `vectors_from` they follow.
+ASSET_STAGE = {"steering": "steering", "cma_es": "steering", "best_vector": "steering",
+               "projections": "inference", "variant_diff": "inference"}
 
 
 # Which spec fields each asset reads, and which assets feed it (for chained code versions).
@@ -74,13 +124,14 @@ ASSET_SPEC_FIELDS: dict[str, list[str]] = {
     "vectors": ["extraction.methods", "extraction.val_split", "extraction.seed", "extraction.clean_massive_dims"],
     "extraction_eval": ["extraction.min_val_accuracy"],
     "logit_lens": ["logit_lens"],
-    "steering": ["steering.layers", "steering.position", "steering.method", "steering.search", "judge"],
+    "steering": ["steering.layers", "steering.position", "steering.method", "steering.search", "steering.system_prompt",
+                 "steering.strip_prefix", "steering.coefficients", "judge"],
     "cma_es": ["steering.cma_es", "steering.search.min_coherence"],
     "best_vector": ["steering.min_delta", "steering.cma_es.enabled"],
-    "inference_responses": ["inference.max_new_tokens"],
+    "inference_responses": ["inference.max_new_tokens", "inference.sample", "inference.replay", "inference.import_responses"],
     "calibration": ["inference.batch_size"],
     "projections": ["inference.layers", "inference.position", "inference.method", "inference.score", "inference.centre",
-                    "inference.clean_massive_dims"],
+                    "inference.clean_massive_dims", "inference.response_only"],
     "variant_diff": ["comparisons", "inference.position", "inference.method"],
 }
 ASSET_UPSTREAM: dict[str, list[str]] = {
@@ -99,11 +150,26 @@ ASSET_UPSTREAM: dict[str, list[str]] = {
 
 @dataclass
 class Project:
+    """Everything under a project root that loaded. With `strict=False` an experiment with errors
+    is left out (its errors are in `errors` and `left_out`) and the others still load."""
+
     root: Path
     models: dict[str, ModelSpec] = field(default_factory=dict)
     experiments: dict[str, Experiment] = field(default_factory=dict)
     traits: dict[str, TraitDataset] = field(default_factory=dict)
     prompt_sets: dict[str, PromptSet] = field(default_factory=dict)
+    errors: list[SpecError] = field(default_factory=list)  # every error, each once, as `traitflow validate` lists them
+    warnings: list[SpecWarning] = field(default_factory=list)
+    left_out: dict[str, list[SpecError]] = field(default_factory=dict)  # experiment (or its file) -> why
+
+    def require(self, experiment: str) -> Experiment:
+        """The named experiment, or the errors that left it out (SpecErrors), or 'no experiment named'."""
+        if experiment in self.experiments:
+            return self.experiments[experiment]
+        if experiment in self.left_out:
+            raise SpecErrors(self.left_out[experiment])
+        raise TraitflowError(f"{self.root / EXPERIMENTS_DIR}: no experiment named {experiment!r} "
+                             f"(known: {', '.join(sorted(self.experiments)) or 'none'})")
 
 
 def _dump(value: Any) -> Any:
@@ -220,15 +286,38 @@ def _model_reference_error(root: Path, spec: ModelSpec, file: Path, line: int | 
 
 
 # --------------------------------------------------------------------------- discovery
-def discover_traits(root: Path) -> list[str]:
+GLOB_CHARS = set("*?[")
+
+
+def discover_traits(root: Path) -> tuple[list[str], dict[str, SpecError]]:
+    """Trait folders under datasets/traits (those holding positive.jsonl or positive.txt), and the
+    folders that are symlinks leading outside the project root: errors naming the link."""
     base = root / TRAITS_DIR
+    names: set[str] = set()
+    broken: dict[str, SpecError] = {}
     if not base.is_dir():
-        return []
-    names = set()
-    for marker in base.rglob("positive.*"):
-        if marker.suffix in (".jsonl", ".txt"):
-            names.add(marker.parent.relative_to(base).as_posix())
-    return sorted(names)
+        return [], broken
+    top = root.resolve()
+    seen: set[Path] = set()
+
+    def walk(folder: Path) -> None:
+        real = folder.resolve()
+        if real in seen:
+            return  # a symlink loop, or a second link to a folder already read
+        seen.add(real)
+        if any((folder / f"positive.{ext}").is_file() for ext in ("jsonl", "txt")):
+            names.add(folder.relative_to(base).as_posix())
+        for child in sorted(folder.iterdir()):
+            if not child.is_dir():
+                continue
+            if child.is_symlink() and top not in child.resolve().parents:
+                name = child.relative_to(base).as_posix()
+                broken[name] = SpecError(child, f"symlink leads outside the project root (to {child.resolve()})", field=name)
+                continue
+            walk(child)
+
+    walk(base)
+    return sorted(names | set(broken)), broken
 
 
 def discover_prompt_sets(root: Path) -> list[str]:
@@ -239,67 +328,232 @@ def discover_prompt_sets(root: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- main entry
-def load_project(root: Path | str, experiments: list[str] | None = None) -> Project:
-    """Load and cross-check everything under `root`; raise SpecErrors listing every problem."""
+def load_project(root: Path | str, experiments: list[str] | None = None, strict: bool = True) -> Project:
+    """Load and cross-check everything under `root`.
+
+    strict (the default): raise SpecErrors listing every problem. Otherwise return what loads:
+    an experiment with errors is left out, a trait matched by a glob that fails validation is left
+    out of that experiment (a warning), and `Project.errors` still lists every problem once.
+    `experiments` restricts loading to those (plus the experiments their `vectors_from` name).
+    """
     root = Path(root)
     if not root.is_dir():
         raise TraitflowError(f"{root}: project root is not a folder")
     if not (root / EXPERIMENTS_DIR).is_dir() and not (root / MODELS_DIR).is_dir():
         raise TraitflowError(f"{root}: no specs/experiments/ or specs/models/ here; is this the project root? (--root DIR)")
     project = Project(root=root)
-    errors: list[SpecError] = []
+    errors: list[SpecError] = []  # every problem, once
 
-    def collect(fn, *args):
+    def collect(sink: list[SpecError], fn, *args):
         try:
             return fn(*args)
         except SpecErrors as many:
-            errors.extend(many.errors)
+            sink.extend(many.errors)
         except SpecError as one:
-            errors.append(one)
+            sink.append(one)
         return None
 
+    broken_models: set[str] = set()
     for path in sorted((root / MODELS_DIR).glob("*.y*ml")):
-        spec = collect(_load_model_file, root, path)
+        model_errors: list[SpecError] = []
+        spec = collect(model_errors, _load_model_file, root, path)
         if spec is not None:
             project.models[spec.name] = spec
+        else:
+            broken_models.add(path.stem)
+            errors.extend(model_errors)
 
-    all_traits = discover_traits(root)
+    all_traits, broken_folders = discover_traits(root)
     all_prompt_sets = set(discover_prompt_sets(root))
-    located_experiments = []
-    for path in sorted((root / EXPERIMENTS_DIR).glob("*.y*ml")):
-        located = collect(load_yaml, path)
-        if located is None:
-            continue
-        spec = collect(validate_located, ExperimentSpec, located)
-        if spec is None:
-            continue
-        if experiments and spec.name not in experiments:
-            continue
-        if spec.name in {e.spec.name for e, _ in located_experiments}:
-            errors.append(SpecError(path, f"experiment name {spec.name!r} is used twice", line=located.line_of(("name",)), field="name"))
-            continue
-        exp = collect(_resolve_experiment, project, spec, located, all_traits, all_prompt_sets)
-        if exp is not None:
-            located_experiments.append((exp, located))
 
-    needed_traits = sorted({t for exp, _ in located_experiments for t in exp.traits})
-    for name in needed_traits:
-        trait = collect(load_trait, root / TRAITS_DIR / name, name)
+    # Parse every experiment file; keep those asked for and the experiments they take vectors from.
+    parsed: list[tuple[ExperimentSpec, LocatedYaml]] = []
+    for path in sorted((root / EXPERIMENTS_DIR).glob("*.y*ml")):
+        file_errors: list[SpecError] = []
+        located = collect(file_errors, load_yaml, path)
+        spec = collect(file_errors, validate_located, ExperimentSpec, located) if located is not None else None
+        if spec is None:
+            if not experiments or path.stem in experiments:
+                errors.extend(file_errors)
+                project.left_out[path.stem] = file_errors
+            continue
+        if spec.name in {p.name for p, _ in parsed}:
+            duplicate = SpecError(path, f"experiment name {spec.name!r} is used twice", line=located.line_of(("name",)), field="name")
+            errors.append(duplicate)
+            project.left_out[path.stem] = [duplicate]
+            continue
+        parsed.append((spec, located))
+    wanted = set(experiments or [p.name for p, _ in parsed])
+    for spec, _ in parsed:
+        if spec.name in wanted:
+            wanted |= {s for s in (spec.steering.vectors_from, spec.inference.vectors_from) if s}
+    parsed = [(spec, located) for spec, located in parsed if spec.name in wanted]
+
+    resolved: list[tuple[Experiment, LocatedYaml, dict[str, bool]]] = []
+    for spec, located in parsed:
+        exp_errors: list[SpecError] = []
+        found = collect(exp_errors, _resolve_experiment, project, spec, located, all_traits, all_prompt_sets, broken_models)
+        if found is None:
+            errors.extend(exp_errors)
+            project.left_out[spec.name] = exp_errors
+            continue
+        resolved.append((found[0], located, found[1]))
+
+    # Traits and prompt sets: load each once; their errors are listed once, whoever uses them.
+    trait_errors: dict[str, list[SpecError]] = {name: [error] for name, error in broken_folders.items()}
+    for name in sorted({t for exp, _, _ in resolved for t in exp.traits} - set(broken_folders)):
+        found_errors: list[SpecError] = []
+        trait = collect(found_errors, load_trait, root / TRAITS_DIR / name, name)
         if trait is not None:
             project.traits[name] = trait
-    needed_sets = sorted({p for exp, _ in located_experiments for p in exp.prompt_sets})
-    for name in needed_sets:
-        prompt_set = collect(load_prompt_set, root / INFERENCE_DIR / f"{name}.json", name)
+            project.warnings.extend(trait.warnings)
+        else:
+            trait_errors[name] = found_errors
+    used = {t for exp, _, _ in resolved for t in exp.traits}
+    errors.extend(e for name, errs in sorted(trait_errors.items()) if name in used for e in errs)
+    set_errors: dict[str, list[SpecError]] = {}
+    for name in sorted({p for exp, _, _ in resolved for p in exp.prompt_sets}):
+        found_errors = []
+        prompt_set = collect(found_errors, load_prompt_set, root / INFERENCE_DIR / f"{name}.json", name)
         if prompt_set is not None:
             project.prompt_sets[name] = prompt_set
-    for exp, _ in located_experiments:
-        project.experiments[exp.name] = exp
-    if experiments and not errors:  # (an experiment that failed to load has said why already)
+            project.warnings.extend(prompt_set.warnings)
+        else:
+            set_errors[name] = found_errors
+            errors.extend(found_errors)
+
+    # Per experiment: leave out broken glob-matched traits; fail on broken explicit ones.
+    kept: dict[str, Experiment] = {}
+    for exp, located, explicit in resolved:
+        exp_errors, traits, configs = [], [], {}
+        for trait in exp.traits:
+            problems = list(trait_errors.get(trait, []))
+            if trait in project.traits:
+                problems += _check_trait_for_experiment(project.traits[trait], exp.spec, exp.path)
+                if problems and trait not in trait_errors:
+                    errors.extend(problems)  # specific to this experiment: listed here, once
+            if not problems:
+                traits.append(trait)
+                configs[trait] = project.traits[trait].config
+            elif explicit.get(trait):
+                exp_errors += problems
+            else:
+                first = problems[0]
+                project.warnings.append(SpecWarning(
+                    first.file, f"trait {trait} left out of experiment {exp.name}: {first.message}", line=first.line,
+                    field=first.field))
+        for name in exp.prompt_sets:
+            exp_errors += set_errors.get(name, [])
+        if not traits and not exp_errors:
+            exp_errors.append(SpecError(exp.path, "every trait it matches has errors; nothing left to run", field="traits",
+                                        line=located.line_of(("traits",))))
+            errors.append(exp_errors[-1])
+        if exp_errors:
+            project.left_out[exp.name] = exp_errors
+            continue
+        kept[exp.name] = Experiment(spec=exp.spec, path=exp.path, variants=exp.variants, traits=traits,
+                                    prompt_sets=exp.prompt_sets, trait_configs=configs)
+
+    # vectors_from: the source must have loaded and hold every trait the stage uses.
+    for name in list(kept):
+        exp = kept[name]
+        located = next(loc for e, loc, _ in resolved if e.name == name)
+        sources, exp_errors = {}, []
+        for stage in ("steering", "inference"):
+            source = getattr(exp.spec, stage).vectors_from
+            if source is None:
+                continue
+            loc = (stage, "vectors_from")
+            if source == name:
+                exp_errors.append(SpecError(exp.path, "names this experiment itself; leave it out to use its own vectors",
+                                            line=located.line_of(loc), field=dotted(loc)))
+            elif source not in kept:
+                why = "has errors" if source in project.left_out else "does not exist"
+                exp_errors.append(SpecError(exp.path, f"experiment {source!r} {why}", line=located.line_of(loc), field=dotted(loc)))
+            elif kept[source].vector_sources:
+                exp_errors.append(SpecError(exp.path, f"experiment {source!r} takes its own vectors from another experiment; "
+                                            "name that one", line=located.line_of(loc), field=dotted(loc)))
+            else:
+                missing = sorted(set(exp.traits) - set(kept[source].traits))
+                if missing:
+                    exp_errors.append(SpecError(exp.path, f"experiment {source!r} has no trait {', '.join(missing)}",
+                                                line=located.line_of(loc), field=dotted(loc)))
+                position = getattr(exp.spec, stage).position
+                theirs = kept[source].spec.extraction.positions
+                if position is not None and position not in theirs:
+                    exp_errors.append(SpecError(exp.path, f"{position!r} is not among extraction.position {theirs} of "
+                                                f"experiment {source!r}", line=located.line_of((stage, "position")),
+                                                field=f"{stage}.position"))
+                sources[stage] = kept[source]
+        if exp_errors:
+            errors.extend(exp_errors)
+            project.left_out[name] = exp_errors
+            del kept[name]
+        elif sources:
+            kept[name] = replace(exp, vector_sources=sources)
+
+    if experiments:
+        kept = {name: exp for name, exp in kept.items() if name in wanted}
+    project.experiments = kept
+    project.errors = errors
+    if experiments and not errors:
         for name in sorted(set(experiments) - set(project.experiments)):
             errors.append(SpecError(root / EXPERIMENTS_DIR, f"no experiment named {name!r}", field="name"))
-    if errors:
+    if strict and errors:
         raise SpecErrors(errors)
     return project
+
+
+def _check_trait_for_experiment(trait: TraitDataset, spec: ExperimentSpec, exp_path: Path) -> list[SpecError]:
+    """What makes a valid trait unusable in one experiment: too few scenarios for its val_split, or
+    trait.yaml overrides that contradict the experiment's steering/inference settings."""
+    from traitflow.data.traits import min_scenarios
+    from traitflow.extract.layers import check_layers_syntax
+    from traitflow.extract.positions import parse_position
+
+    problems: list[SpecError] = []
+    need = min_scenarios(spec.extraction.val_split)
+    for side, scenarios, file in (("positive", trait.positive, trait.files), ("negative", trait.negative, trait.files)):
+        if len(scenarios) < need:
+            path = next((f for f in file if f.stem == side), trait.folder)
+            problems.append(SpecError(path, f"{len(scenarios)} scenario(s); at extraction.val_split {spec.extraction.val_split} "
+                                            f"({exp_path.name}) a side needs at least {need}: one to train on and one held out",
+                                      field=trait.name))
+    config = trait.config
+    config_path = trait.folder / "trait.yaml"
+    located = load_yaml(config_path) if config_path.exists() and any(
+        getattr(config, k) is not None for k in ("position", "methods", "layers")) else None
+
+    def err(key: str, message: str) -> None:
+        problems.append(SpecError(config_path, message, line=located.line_of((key,)) if located else None, field=key))
+
+    if config.position is not None:
+        positions = [config.position] if isinstance(config.position, str) else list(config.position)
+        if not positions:
+            err("position", "expected at least one position")
+        for position in positions:
+            try:
+                parse_position(position)
+            except TraitflowError as exc:
+                err("position", str(exc))
+        for section in ("steering", "inference"):
+            wanted = getattr(spec, section).position
+            if wanted is not None and positions and wanted not in positions and getattr(spec, section).vectors_from is None:
+                err("position", f"{section}.position {wanted!r} of {exp_path.name} is not among this trait's positions {positions}")
+    if config.methods is not None:
+        if not config.methods:
+            err("methods", "expected at least one method")
+        for section in ("steering", "inference"):
+            wanted = getattr(spec, section).method
+            if wanted not in (None, "cma_es") and config.methods and wanted not in config.methods \
+                    and getattr(spec, section).vectors_from is None:
+                err("methods", f"{section}.method {wanted!r} of {exp_path.name} is not among this trait's methods {config.methods}")
+    if config.layers is not None:
+        try:
+            check_layers_syntax(config.layers)
+        except TraitflowError as exc:
+            err("layers", str(exc))
+    return problems
 
 
 def _load_model_file(root: Path, path: Path) -> ModelSpec:
@@ -314,8 +568,11 @@ def _load_model_file(root: Path, path: Path) -> ModelSpec:
 
 
 def _resolve_experiment(
-    project: Project, spec: ExperimentSpec, located: LocatedYaml, all_traits: list[str], all_prompt_sets: set[str]
-) -> Experiment:
+    project: Project, spec: ExperimentSpec, located: LocatedYaml, all_traits: list[str], all_prompt_sets: set[str],
+    broken_models: set[str],
+) -> tuple[Experiment, dict[str, bool]]:
+    """The experiment with its references resolved, and per matched trait whether it was named
+    explicitly (a pattern without glob characters) rather than matched by a glob."""
     path, root, errors = located.path, project.root, []
 
     def err(loc: tuple, message: str) -> None:
@@ -324,12 +581,18 @@ def _resolve_experiment(
     variants: dict[str, ModelSpec] = {}
     for key, value in spec.variants.items():
         if isinstance(value, str):
+            if value in broken_models:
+                err(("variants", key), f"model spec {value!r} has errors (specs/models/{value}.yaml)")
+                continue
             if value not in project.models:
                 known = ", ".join(sorted(project.models)) or "none"
                 err(("variants", key), f"no model spec named {value!r} in specs/models/ (known: {known})")
                 continue
             variants[key] = project.models[value].model_copy(update={"name": key})
         else:
+            if value.name and value.name != key:
+                err(("variants", key, "name"), f"an inline variant's name is its key ({key!r}); remove `name`")
+                continue
             inline = value.model_copy(update={"name": key})
             problem = _model_reference_error(root, inline, path, located.line_of(("variants", key)), f"variants.{key}.")
             if problem:
@@ -338,6 +601,7 @@ def _resolve_experiment(
             variants[key] = inline
 
     traits: set[str] = set()
+    explicit: dict[str, bool] = {}
     for index, pattern in enumerate(spec.traits):
         if pattern.startswith("/") or ".." in Path(pattern).parts:
             err(("traits", index), f"trait glob {pattern!r} must stay inside datasets/traits")
@@ -346,6 +610,8 @@ def _resolve_experiment(
         if not matched:
             err(("traits", index), f"trait glob {pattern!r} matches no folder under datasets/traits")
         traits.update(matched)
+        for trait in matched:
+            explicit[trait] = explicit.get(trait, False) or not (GLOB_CHARS & set(pattern))
 
     names = set(spec.variants)
 
@@ -390,9 +656,27 @@ def _resolve_experiment(
             prompt_sets.append(name)
 
     errors.extend(_check_small_languages(spec, path, located))
+    errors.extend(_not_supported_yet(spec, path, located))
     if errors:
         raise SpecErrors(errors)
-    return Experiment(spec=spec, path=path, variants=variants, traits=sorted(traits), prompt_sets=sorted(prompt_sets))
+    return Experiment(spec=spec, path=path, variants=variants, traits=sorted(traits), prompt_sets=sorted(prompt_sets)), explicit
+
+
+def _not_supported_yet(spec: ExperimentSpec, path: Path, located: LocatedYaml) -> list[SpecError]:
+    """Keys of stages that are specified but not built yet fail validation rather than doing nothing."""
+    errors = []
+    if spec.benchmarks:
+        errors.append(SpecError(path, "capability benchmarks are not supported yet; remove the key",
+                                line=located.line_of(("benchmarks",)), field="benchmarks"))
+    if "://" in spec.storage.uri:
+        errors.append(SpecError(path, f"not supported yet: {spec.storage.uri.split('://')[0]}:// storage; "
+                                "use a local folder relative to the project root", line=located.line_of(("storage", "uri")),
+                                field="storage.uri"))
+    for key in ("endpoint_url", "region"):
+        if getattr(spec.storage, key) is not None:
+            errors.append(SpecError(path, "not supported yet (it comes with s3:// storage); remove the key",
+                                    line=located.line_of(("storage", key)), field=f"storage.{key}"))
+    return errors
 
 
 def _check_small_languages(spec: ExperimentSpec, path: Path, located: LocatedYaml) -> list[SpecError]:
@@ -407,7 +691,9 @@ def _check_small_languages(spec: ExperimentSpec, path: Path, located: LocatedYam
     checks.append((("extraction", "layers"), check_layers_syntax, spec.extraction.layers))
     for section in ("steering", "inference"):
         position = getattr(spec, section).position
-        if position is not None:
+        if position is not None and getattr(spec, section).vectors_from is not None:
+            checks.append(((section, "position"), parse_position, position))  # checked against the source's positions later
+        elif position is not None:
             if position not in spec.extraction.positions:
                 errors.append(SpecError(path, f"{position!r} is not among extraction.position {spec.extraction.positions}",
                                         line=located.line_of((section, "position")), field=f"{section}.position"))

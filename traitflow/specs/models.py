@@ -1,7 +1,7 @@
 """Pydantic models of the YAML specs (DESIGN §2). Every key has a default except `name`,
 `variants` and `traits`; unknown keys are errors (``extra="forbid"``)."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,6 +27,10 @@ class ModelSpec(Strict):
         "auto", description="Use the tokenizer's chat template (auto: when it has one); base models: false."
     )
     trust_remote_code: bool = False
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keywords for the chat template, e.g. {enable_thinking: true}. Templates with a thinking "
+                    "switch (Qwen3 style) render with thinking off unless this turns it on.")
 
 
 # --------------------------------------------------------------------------- judge
@@ -37,6 +41,9 @@ class JudgeSpec(Strict):
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0, description="Wait before the first retry; each further retry doubles it.")
+
+
+Method = Literal["mean_diff", "probe", "gradient", "pca", "random_baseline"]
 
 
 # --------------------------------------------------------------------------- traits
@@ -50,20 +57,19 @@ class Keywords(Strict):
 class TraitConfig(Strict):
     """Optional `trait.yaml` inside a trait folder: overrides for that trait."""
 
-    description: str | None = None
-    direction: Literal["positive", "negative"] | None = None
+    description: str | None = Field(None, description="The judge's rubric when the folder has no definition.txt.")
+    direction: Literal["positive", "negative"] | None = Field(None, description="Overrides steering.json's direction.")
     paired: Literal["auto", True, False] = Field(
         "auto", description="Positive and negative scenarios pair by line (auto: jsonl pairs, txt does not)."
     )
     judge: JudgeSpec | None = None
-    position: str | list[str] | None = None
-    methods: list[str] | None = None
-    layers: str | int | None = None
+    position: str | list[str] | None = Field(None, description="This trait's extraction.position.")
+    methods: list[Method] | None = Field(None, description="This trait's extraction.methods.")
+    layers: str | int | None = Field(None, description="This trait's extraction.layers and steering.layers.")
     keywords: Keywords | None = None
 
 
 # --------------------------------------------------------------------------- experiment sections
-Method = Literal["mean_diff", "probe", "gradient", "pca", "random_baseline"]
 Component = Literal["residual", "attn_out", "mlp_out", "attn_contribution", "mlp_contribution"]
 # Methods a stage can *use*: every extraction method plus the CMA-ES refinement of a steered vector.
 UsableMethod = Literal["mean_diff", "probe", "gradient", "pca", "random_baseline", "cma_es"]
@@ -133,6 +139,14 @@ class SteeringSpec(Strict):
     min_delta: float = Field(10, ge=0, description="Asset check: the best vector moves the trait at least this much.")
     system_prompt: str | None = Field(
         None, description="An adversarial system prompt for baseline and steered answers (e.g. the opposite pole).")
+    strip_prefix: bool = Field(
+        False, description="Steer on the bare question: remove steering.json's adversarial_prefix from each question.")
+    coefficients: list[float] | None = Field(
+        None, min_length=1,
+        description="A fixed grid of coefficients (multiples of the layer's mean activation norm, like search.start) "
+                    "evaluated at every layer instead of the adaptive search.")
+    vectors_from: str | None = Field(
+        None, description="Steer with another experiment's vectors (extract once, apply everywhere).")
     search: SearchSpec = SearchSpec()
     cma_es: CmaSpec = CmaSpec()
 
@@ -159,6 +173,9 @@ class InferenceSpec(Strict):
     centre: bool = Field(False, description="Subtract the vector's class-midpoint baseline first.")
     clean_massive_dims: bool = Field(False, description="Leave out the calibration's massive dims before projecting.")
     method: UsableMethod | None = Field(None, description="Vector method to monitor (default: the best at that position).")
+    response_only: bool = Field(False, description="Store projections of response tokens only (not the prompt's).")
+    vectors_from: str | None = Field(
+        None, description="Monitor with another experiment's vectors (extract once, apply everywhere).")
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(16, ge=1)
 
@@ -167,6 +184,7 @@ class ComparisonSpec(Strict):
     a: str
     b: str
     prompt_set: str
+    top_pct: float = Field(5, gt=0, le=100, description="Share of each prompt's clauses (percent) kept for the ranking.")
 
 
 class BenchmarkSteer(Strict):

@@ -1,4 +1,4 @@
-"""The steering stage of one trait × variant: baseline, adaptive search, a resumable results log.
+"""The steering stage of one trait × variant: baseline, adaptive search (or a fixed grid), a resumable results log.
 
 Files (under the `steering` asset's partition folder):
 
@@ -6,10 +6,14 @@ Files (under the `steering` asset's partition folder):
   `{"result": {trait_mean, coherence_mean, n, trait_std, success_rate}, "config": {"vectors": [...]}}`.
   Lines are appended (and fsynced) as runs finish; a torn last line from a killed run is dropped on
   the next start. A resumed search reads the log and evaluates only configurations it lacks,
-  matched by (layer, rounded multiplier).
+  matched by (layer, rounded multiplier). The header's `traitflow.search` says how the
+  configurations were chosen: `{"kind": "search", ...schedule}` or `{"kind": "grid", "coefficients"}`
+  (`steering.coefficients`: every layer at every multiplier, nothing else).
 - `responses/<config>.json` — the answers of each configuration, so a judge change re-scores them
   without generating again.
-- `summary.json` — written last, atomically: its presence means the search finished.
+- `summary.json` — written last, atomically: its presence means the search finished. With a grid,
+  it (and its best) covers the grid's configurations only, even if the log holds others from an
+  earlier search with the same vectors.
 """
 
 import hashlib
@@ -17,14 +21,14 @@ import json
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from traitflow.data.traits import TraitDataset
-from traitflow.steer.search import Schedule, run_search
+from traitflow.steer.search import Schedule, grid_multipliers, round_multiplier, run_grid, run_search
 from traitflow.store.atomic import atomic_write_text
 
 
@@ -55,6 +59,24 @@ class SteeringSetup:
 
 def config_name(layer: int | None, multiplier: float | None) -> str:
     return "baseline" if layer is None else f"L{layer}_m{multiplier:.4f}"
+
+
+def run_key(entry: dict) -> tuple[int, float]:
+    """(layer, rounded multiplier) of a run line of the log: how finished configurations are matched."""
+    vector = entry["config"]["vectors"][0]
+    return vector["layer"], round_multiplier(vector["multiplier"])
+
+
+def grid_keys(layers: list[int], coefficients: list[float]) -> set[tuple[int, float]]:
+    """The configurations of a fixed grid, keyed like :func:`run_key`."""
+    return {(layer, m) for layer in layers for m in grid_multipliers(coefficients)}
+
+
+def search_description(schedule: Schedule, coefficients: list[float] | None) -> dict:
+    """What the results-log header records about how configurations were chosen."""
+    if coefficients:
+        return {"kind": "grid", "coefficients": grid_multipliers(coefficients)}
+    return {"kind": "search", **asdict(schedule)}
 
 
 # --------------------------------------------------------------------------- the log
@@ -149,8 +171,12 @@ def steer_and_answer(loaded: Any, setup: SteeringSetup, todo: dict[int | None, f
 
 # --------------------------------------------------------------------------- the stage
 def run_steering(loaded: Any, judge: Any, setup: SteeringSetup, schedule: Schedule, min_coherence: float,
-                 folder: Path, header_extra: dict, log: Callable[[str], None] = print) -> dict:
-    """Baseline + search, resuming from `folder`'s log. Returns the summary (also written to summary.json)."""
+                 folder: Path, header_extra: dict, log: Callable[[str], None] = print,
+                 coefficients: list[float] | None = None) -> dict:
+    """Baseline + search, resuming from `folder`'s log. Returns the summary (also written to summary.json).
+
+    With `coefficients` (multiples of each layer's mean activation norm, like `schedule.start`),
+    every layer is evaluated at every one of them instead of searching, and nothing else."""
     results = ResultsLog(folder)
     gen_key, judge_key = setup.generation_key(), judge_identity(judge, setup.trait)
     entries = results.read()
@@ -159,14 +185,19 @@ def run_steering(loaded: Any, judge: Any, setup: SteeringSetup, schedule: Schedu
         entries = []  # different vectors, questions or lengths: a fresh search
     elif header.get("eval", {}).get("model") != judge_key:
         entries = _rescore(results, entries, judge, setup, judge_key, log)
+    search = search_description(schedule, coefficients)
     if not entries:
         header = {"type": "header", "trait": setup.trait.name, "direction": "positive" if setup.direction > 0 else "negative",
                   "steering_model": setup.variant, "vector_source": setup.vector_source,
                   "eval": {"model": judge_key, "method": "keywords" if judge_key.startswith("keywords#") else "logprob"},
                   "prompts_file": str(setup.trait.folder / "steering.json"),
-                  "traitflow": {"generation_key": gen_key, **header_extra}}
+                  "traitflow": {"generation_key": gen_key, **header_extra, "search": search}}
         results.rewrite([header])
         entries = [header]
+    elif entries[0].get("traitflow", {}).get("search") != search:
+        # Same vectors, another grid or schedule: logged configurations stay reusable; the header says what runs now.
+        entries = [dict(entries[0], traitflow={**entries[0].get("traitflow", {}), "search": search}), *entries[1:]]
+        results.rewrite(entries)
 
     baseline = next((e["result"] for e in entries if e.get("type") == "baseline"), None)
     if baseline is None:
@@ -179,8 +210,7 @@ def run_steering(loaded: Any, judge: Any, setup: SteeringSetup, schedule: Schedu
     known: dict[tuple[int, float], tuple[float, float]] = {}
     for entry in entries:
         if entry.get("type") is None and "config" in entry:
-            v = entry["config"]["vectors"][0]
-            known[(v["layer"], round(v["multiplier"], 4))] = (entry["result"]["trait_mean"], entry["result"]["coherence_mean"] or 0.0)
+            known[run_key(entry)] = (entry["result"]["trait_mean"], entry["result"]["coherence_mean"] or 0.0)
 
     def evaluate(todo: dict[int, float]) -> dict[int, tuple[float, float]]:
         answers = steer_and_answer(loaded, setup, todo)
@@ -197,8 +227,12 @@ def run_steering(loaded: Any, judge: Any, setup: SteeringSetup, schedule: Schedu
             out[layer] = (result["trait_mean"], result["coherence_mean"] or 0.0)
         return out
 
+    if coefficients:
+        run_grid(setup.layers, coefficients, evaluate, known=known, coherence_target=schedule.coherence_target)
+        return write_summary(results, baseline, min_coherence, setup.direction,
+                             only=grid_keys(setup.layers, coefficients), search=search)
     run_search(setup.layers, schedule, evaluate, known=known)
-    return write_summary(results, baseline, min_coherence, setup.direction)
+    return write_summary(results, baseline, min_coherence, setup.direction, search=search)
 
 
 def judge_identity(judge: Any, trait: TraitDataset) -> str:
@@ -228,9 +262,11 @@ def _rescore(results: ResultsLog, entries: list[dict], judge: Any, setup: Steeri
     return rescored
 
 
-def write_summary(results: ResultsLog, baseline: dict, min_coherence: float, direction: int) -> dict:
+def write_summary(results: ResultsLog, baseline: dict, min_coherence: float, direction: int,
+                  only: set[tuple[int, float]] | None = None, search: dict | None = None) -> dict:
+    """Best run overall and per layer among the logged runs (those keyed in `only`, when given)."""
     entries = results.read()
-    runs = [e for e in entries if e.get("type") is None and "config" in e]
+    runs = [e for e in entries if e.get("type") is None and "config" in e and (only is None or run_key(e) in only)]
     base = baseline["trait_mean"] or 0.0
     best = None
     per_layer: dict[int, dict] = {}
@@ -249,5 +285,7 @@ def write_summary(results: ResultsLog, baseline: dict, min_coherence: float, dir
             best = row
     summary = {"baseline": baseline, "best": best, "best_per_layer": [per_layer[k] for k in sorted(per_layer)],
                "runs": len(runs), "min_coherence": min_coherence}
+    if search is not None:
+        summary["search"] = search
     atomic_write_text(results.folder / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -9,6 +9,10 @@ once it drops, multiply down by `down`; as soon as a good and a bad multiplier b
 bisect geometrically between them. A layer stops when the bracket is narrower than `tolerance` (or
 after `steps` evaluations). The schedule is a pure function of the results so far, which is what
 lets an interrupted search resume from its log.
+
+`run_grid` replaces the search with a fixed grid of multipliers (`steering.coefficients`): every
+layer at every multiplier, one multiplier across all layers per evaluation, with the same reuse of
+logged results.
 """
 
 import math
@@ -79,10 +83,42 @@ def run_search(
                 proposals[layer] = round_multiplier(multiplier)
         if not proposals:
             return states
-        todo = {layer: m for layer, m in proposals.items() if (layer, m) not in known}
-        if todo:
-            for layer, result in evaluate(todo).items():
-                known[(layer, todo[layer])] = result
-        for layer, multiplier in proposals.items():
-            _, coherence = known[(layer, multiplier)]
-            states[layer].record(multiplier, coherence, schedule.coherence_target)
+        _step(states, proposals, evaluate, known, schedule.coherence_target)
+
+
+def grid_multipliers(coefficients: list[float]) -> list[float]:
+    """A fixed grid's multipliers, rounded like every configuration and without repeats (order kept)."""
+    return list(dict.fromkeys(round_multiplier(c) for c in coefficients))
+
+
+def run_grid(
+    layers: list[int],
+    coefficients: list[float],
+    evaluate: Callable[[dict[int, float]], dict[int, tuple[float, float]]],
+    known: dict[tuple[int, float], tuple[float, float]] | None = None,
+    coherence_target: float = Schedule.coherence_target,
+) -> dict[int, LayerState]:
+    """Evaluate every (layer, multiplier) of a fixed grid instead of searching.
+
+    Like :func:`run_search`, one multiplier is evaluated at all layers per `evaluate` call, and
+    results in `known` (keyed by (layer, rounded multiplier)) are reused rather than evaluated again.
+    The returned states hold each layer's multipliers in grid order (good/bad against `coherence_target`).
+    """
+    known = dict(known or {})
+    states = {layer: LayerState(layer) for layer in layers}
+    for multiplier in grid_multipliers(coefficients):
+        _step(states, {layer: multiplier for layer in layers}, evaluate, known, coherence_target)
+    return states
+
+
+def _step(states: dict[int, LayerState], proposals: dict[int, float],
+          evaluate: Callable[[dict[int, float]], dict[int, tuple[float, float]]],
+          known: dict[tuple[int, float], tuple[float, float]], coherence_target: float) -> None:
+    """Evaluate the proposals not yet in `known` (one batched call), then record them all."""
+    todo = {layer: m for layer, m in proposals.items() if (layer, m) not in known}
+    if todo:
+        for layer, result in evaluate(todo).items():
+            known[(layer, todo[layer])] = result
+    for layer, multiplier in proposals.items():
+        _, coherence = known[(layer, multiplier)]
+        states[layer].record(multiplier, coherence, coherence_target)
