@@ -307,3 +307,10 @@ def test_changing_a_field_changes_something(path, base_root, base_observations, 
         if seen != base_observations.get(what):
             return  # the change shows (the cheapest observation that shows it is enough)
     pytest.fail(f"changing {path} to {CHANGES[path]!r} changed nothing observable")
+
+
+def test_every_field_is_in_the_key_reference():
+    """docs/specs.md lists every key with what it changes (one table row each)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "specs.md").read_text()
+    missing = [f for f in all_fields() if f"| `{f.split('.', 1)[1] if f.startswith(('variant.', 'trait.')) else f}` |" not in text]
+    assert not missing, f"docs/specs.md's key reference lacks {missing}"

@@ -160,3 +160,21 @@ def test_symlinked_trait_folder_outside_the_root_is_an_error(tmp_path):
     (root / "datasets" / "traits" / "starter" / "linked").unlink()
     (root / "datasets" / "traits" / "starter" / "linked").symlink_to(root / "datasets" / "traits" / "starter" / "optimism")
     assert "starter/linked" in load_project(root).experiments["today"].traits
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_prefix_in_steering_and_report(tmp_path, capsys, strip):
+    from traitflow.pipeline import steering_questions
+
+    root = make_root(tmp_path, EXPERIMENT + f"steering: {{strip_prefix: {str(strip).lower()}}}\n")
+    project = load_project(root)
+    trait = project.traits[CURRENT_TRAITS[0]]
+    steered = steering_questions(trait, project.experiments["today"].spec.steering.strip_prefix)
+    assert all(q.startswith(THANKFUL_PREFIX) != strip for q in steered)
+    assert main(["report", "today", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{CURRENT_TRAITS[0]}: steering questions carry an adversarial prefix, {'stripped' if strip else 'kept'}" in out
+    assert main(["report", "today", "--root", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["traits"][CURRENT_TRAITS[0]]["adversarial_prefix"] == {"text": THANKFUL_PREFIX, "stripped": strip}
+    assert report["traits"][CURRENT_TRAITS[1]]["adversarial_prefix"] is None

@@ -340,7 +340,7 @@ def steering_setup(ctx: StageContext, trait: str, variant: str, loaded: Any):
     if not layers:
         raise TraitflowError(f"{exp.path}: steering.layers {wanted_layers!r} selects none of the layers where "
                              f"{method} vectors exist ({defined})")
-    questions = dataset.steering.bare_questions if spec.strip_prefix else dataset.steering.questions
+    questions = steering_questions(dataset, spec.strip_prefix)
     stacked = vectors.vectors[(position, component, method)]
     norms = vectors.norms[(position, component)]
     return SteeringSetup(
@@ -354,6 +354,11 @@ def steering_setup(ctx: StageContext, trait: str, variant: str, loaded: Any):
                        "variant": source},
         system_prompt=spec.system_prompt,
     )
+
+
+def steering_questions(dataset: Any, strip_prefix: bool) -> list[str]:
+    """The questions steered on: steering.json's as written, or without their adversarial prefix."""
+    return dataset.steering.bare_questions if strip_prefix else dataset.steering.questions
 
 
 def run_steering_stage(ctx: StageContext, trait: str, variant: str) -> dict:

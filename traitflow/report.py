@@ -35,7 +35,11 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
         for variant in steering_variants(exp):
             if ctx.path("steering", trait_partition(trait, variant)).exists() and "steering" not in materialized:
                 materialized.insert(len(materialized) - ("best_vector" in materialized), "steering")
-        traits[trait] = {"extraction": extraction, "steering": steering, "materialized": materialized}
+        dataset = project.traits[trait]
+        prefix = dataset.steering.adversarial_prefix if dataset.steering else None
+        traits[trait] = {"extraction": extraction, "steering": steering, "materialized": materialized,
+                         # upstream's instruction towards the opposite pole, embedded in every steering question
+                         "adversarial_prefix": {"text": prefix, "stripped": exp.spec.steering.strip_prefix} if prefix else None}
     inference: dict[str, list[str]] = {}
     for prompt_set in exp.spec.inference.prompt_sets:
         for v in exp.inference_variants:
@@ -74,6 +78,12 @@ def format_report(report: dict[str, Any]) -> str:
         for trait, st in steered.items():
             lines.append(f"{trait:24} {st['variant']:10} {st['layer']:>5} {st['method']:10} {st['coefficient']:>7.2f} "
                          f"{st['baseline']:>8.1f} {st['trait_mean']:>8.1f} {st['delta']:>+7.1f} {st['coherence_mean']:>9.1f}")
+    prefixed = {t: i["adversarial_prefix"] for t, i in report["traits"].items() if i.get("adversarial_prefix")}
+    if prefixed:
+        lines.append("")
+        for trait, prefix in prefixed.items():
+            how = "stripped (steering.strip_prefix)" if prefix["stripped"] else "kept (steering.strip_prefix: false)"
+            lines.append(f"{trait}: steering questions carry an adversarial prefix, {how}: {prefix['text']!r}")
     if report["inference"]:
         lines.append("")
         for key, done in report["inference"].items():
