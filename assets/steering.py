@@ -32,6 +32,11 @@ def build_steering_assets(project: Project, exp: Experiment, source: VectorAsset
 
     best_key = dg.AssetKey([*prefix, "best_vector"])
     to_trait = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="trait")
+    # best_vector falls back on extraction_eval. Another experiment's (`vectors_from`) has other
+    # trait partitions, which no built-in mapping to a single dimension accepts; it is upstream of
+    # `steering` already, so the lineage holds without a direct edge.
+    own_eval = source.extraction_eval.path[0] == exp.name
+    eval_deps = [dg.AssetDep(source.extraction_eval, partition_mapping=to_trait)] if own_eval else []
     refinement = []
     if exp.spec.steering.cma_es.enabled:
 
@@ -49,7 +54,7 @@ def build_steering_assets(project: Project, exp: Experiment, source: VectorAsset
     @dg.asset(
         name="best_vector", key_prefix=prefix, group_name=exp.name, partitions_def=dg.StaticPartitionsDefinition(exp.traits),
         backfill_policy=SINGLE_RUN, kinds={"json"}, tags=tags,
-        deps=[dg.AssetDep(steering, partition_mapping=to_trait), dg.AssetDep(source.extraction_eval, partition_mapping=to_trait),
+        deps=[dg.AssetDep(steering, partition_mapping=to_trait), *eval_deps,
               *[dg.AssetDep(a, partition_mapping=to_trait) for a in refinement]],
         code_version=exp.code_version("best_vector"),
         check_specs=[dg.AssetCheckSpec("min_delta", asset=best_key,

@@ -13,7 +13,7 @@ from traitflow.specs.loader import load_project
 USER = """\
 name: u
 variants:
-  chat: {model: models/llama, device: cpu}
+  steered: {model: models/llama, device: cpu}
 traits: [starter/optimism]
 steering:
   vectors_from: t
@@ -78,16 +78,20 @@ def test_vectors_from_mistakes(user_root, tmp_path, spec, needle):
     assert any("u.yaml" in m and needle in m for m in messages), messages
 
 
-def test_steer_and_monitor_with_another_experiments_vectors(user_root, dagster_home):
+def test_steer_and_monitor_with_another_experiments_vectors(user_root, materialized, tmp_path):
     from assets.runner import run_experiment
 
     project = load_project(user_root)
-    instance = dg.DagsterInstance.ephemeral()
+    # A copy of the instance that recorded t's materializations: Dagster then maps u's partitions
+    # onto t's (lineage, staleness) as it does for a user who ran both.
+    home = tmp_path / "dagster_home"
+    shutil.copytree(materialized["home"], home)
+    instance = dg.DagsterInstance.from_config(str(home))
     run_experiment(project, "u", stages=["all"], instance=instance)
     out = user_root / "experiments"
-    header = json.loads((out / "u" / "steering" / "starter" / "optimism" / "chat" / "results.jsonl").read_text().splitlines()[0])
+    header = json.loads((out / "u" / "steering" / "starter" / "optimism" / "steered" / "results.jsonl").read_text().splitlines()[0])
     assert header["vector_source"]["experiment"] == "t"
-    ours = json.loads((out / "u" / "projections" / "starter" / "general" / "chat" / "projections.json").read_text())
+    ours = json.loads((out / "u" / "projections" / "starter" / "general" / "steered" / "projections.json").read_text())
     theirs = json.loads((out / "t" / "projections" / "starter" / "general" / "chat" / "projections.json").read_text())
     assert ours["traits"]["starter/optimism"]["method"] == theirs["traits"]["starter/optimism"]["method"]
     layer = str(ours["traits"]["starter/optimism"]["layers"][0])
@@ -96,3 +100,9 @@ def test_steer_and_monitor_with_another_experiments_vectors(user_root, dagster_h
         assert a["token_ids"] == b["token_ids"]
         assert a["scores"]["starter/optimism"][layer] == pytest.approx(b["scores"]["starter/optimism"][layer], abs=1e-4)
     assert not (out / "u" / "vectors").exists()  # u extracted nothing
+    from traitflow.report import build_report, format_report
+
+    report = build_report(project, "u")
+    assert report["traits"]["starter/optimism"]["extraction"]["experiment"] == "t"
+    assert {"steering", "best_vector"} <= set(report["traits"]["starter/optimism"]["materialized"])
+    assert "vectors from experiment t (vectors_from)" in format_report(report)

@@ -2,7 +2,15 @@
 
 from typing import Any
 
-from traitflow.pipeline import FILES, StageContext, comparison_key, read_variant_diff, steering_variants, trait_partition
+from traitflow.pipeline import (
+    FILES,
+    StageContext,
+    comparison_key,
+    read_variant_diff,
+    steering_variants,
+    trait_partition,
+    vectors_context,
+)
 from traitflow.specs.loader import Project
 
 
@@ -16,14 +24,17 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
         materialized = [a for a in ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens")
                         if ctx.path(a, part).exists()]
         extraction = None
-        if "extraction_eval" in materialized:
-            evaluation = ctx.store.read_json(ctx.path("extraction_eval", part))
+        # An experiment that takes its vectors from another (`vectors_from`) reports that one's.
+        src = ctx if exp.extracts else vectors_context(ctx, "steering")
+        source_part = trait_partition(trait, src.experiment.extraction_variant)
+        if src.path("extraction_eval", source_part).exists():
+            evaluation = src.store.read_json(src.path("extraction_eval", source_part))
             # The report's headline is the best vector at the first extraction position.
-            position = exp.spec.extraction.positions[0]
+            position = src.experiment.extraction_for(trait).positions[0]
             best = evaluation["best"].get(position) or next(iter(evaluation["best"].values()))
             extraction = {"position": best["position"], "component": best["component"], "method": best["method"],
                           "layer": best["layer"], "val_accuracy": best["val_accuracy"], "cohens_d": best["cohens_d"],
-                          "variant": variant}
+                          "variant": src.experiment.extraction_variant, "experiment": src.experiment.name}
         steering = None
         best_path = ctx.store.path(exp.name, "best_vector", tuple(trait.split("/")), FILES["best_vector"])
         if best_path.exists():
@@ -61,6 +72,10 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"experiment {report['experiment']}  (artifacts: {report['storage']})", ""]
+    sources = sorted({i["extraction"]["experiment"] for i in report["traits"].values()
+                      if i["extraction"] and i["extraction"].get("experiment") != report["experiment"]})
+    if sources:
+        lines[-1:] = [f"vectors from experiment {', '.join(sources)} (vectors_from)", ""]
     lines.append(f"{'trait':24} {'position':14} {'method':10} {'layer':>5} {'val acc':>8} {'d':>7}  materialized")
     for trait, info in report["traits"].items():
         ex = info["extraction"]

@@ -298,13 +298,11 @@ def discover_traits(root: Path) -> tuple[list[str], dict[str, SpecError]]:
     if not base.is_dir():
         return [], broken
     top = root.resolve()
-    seen: set[Path] = set()
 
-    def walk(folder: Path) -> None:
+    def walk(folder: Path, ancestors: frozenset[Path]) -> None:
         real = folder.resolve()
-        if real in seen:
-            return  # a symlink loop, or a second link to a folder already read
-        seen.add(real)
+        if real in ancestors:
+            return  # a symlink back up the tree: a loop
         if any((folder / f"positive.{ext}").is_file() for ext in ("jsonl", "txt")):
             names.add(folder.relative_to(base).as_posix())
         for child in sorted(folder.iterdir()):
@@ -314,9 +312,9 @@ def discover_traits(root: Path) -> tuple[list[str], dict[str, SpecError]]:
                 name = child.relative_to(base).as_posix()
                 broken[name] = SpecError(child, f"symlink leads outside the project root (to {child.resolve()})", field=name)
                 continue
-            walk(child)
+            walk(child, ancestors | {real})
 
-    walk(base)
+    walk(base, frozenset())
     return sorted(names | set(broken)), broken
 
 
