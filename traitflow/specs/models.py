@@ -41,6 +41,10 @@ class JudgeSpec(Strict):
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0, description="Wait before the first retry; each further retry doubles it.")
+    max_failure_rate: float = Field(
+        0.2, ge=0, le=1, description="Fail the step when more than this share of a batch's requests fail (after retries).")
+    deadline_s: float = Field(
+        900.0, gt=0, description="Total time for one batch of judge requests, retries included; past it the step fails.")
 
 
 Method = Literal["mean_diff", "probe", "gradient", "pca", "random_baseline"]
