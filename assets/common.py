@@ -9,6 +9,7 @@ from assets.partitions import split_key
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.pipeline import Check, Markdown, StageContext
 from traitflow.specs.loader import Experiment, Project
+from traitflow.store.locks import partition_lock
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 
@@ -52,6 +53,10 @@ def for_each_partition(
 
     A stage may return `checks: {name: Check}`; each becomes one asset check result for the run,
     failing when any partition fails, with the failing partitions named.
+
+    Each partition's work holds that partition's lock (`traitflow.store.locks`): a second run of
+    the same (experiment, asset, partition) at the same time, from `traitflow run` or the UI, fails
+    at once with one line naming the holder's PID, instead of interleaving its writes.
     """
     partitions_def = context.assets_def.partitions_def
     keys = context.partition_keys
@@ -59,7 +64,8 @@ def for_each_partition(
     for number, key in enumerate(keys, start=1):
         dims = split_key(partitions_def, key) if isinstance(partitions_def, dg.MultiPartitionsDefinition) else {dimension: key}
         context.log.info(f"[{number}/{len(keys)}] {context.asset_key.to_user_string()} {key}")
-        numbers = stage(ctx, **dims)
+        with partition_lock(ctx.store.root, ctx.experiment.name, context.asset_key.path[-1], key, run_id=context.run_id):
+            numbers = stage(ctx, **dims)
         for name, check in numbers.pop("checks", {}).items():
             checks.setdefault(name, []).append((key, check))
         context.add_asset_metadata({k: _metadata_value(k, v) for k, v in numbers.items()}, partition_key=key)

@@ -3,10 +3,24 @@
 Runs go to the instance of DAGSTER_HOME when set (so they show in `dagster dev`), else to a
 temporary instance. Each stage's partitions go in as few runs as possible (a partition range per
 run), and every run shares this process's model cache, so each model loads once.
+
+A run executes in this process, so no run launcher or daemon watches it: if the process is killed
+(SIGKILL, OOM, a closed laptop), its run would stay STARTED forever. Every run launched here is
+therefore tagged with the host and PID of its process (`traitflow/host`, `traitflow/pid`, and
+`traitflow/pid_start`, the process's start time, so a reused PID does not pass for it), and each
+`traitflow run` first marks FAILURE every STARTING/STARTED run of the instance carrying those tags
+whose process no longer exists on this host (one printed line per run). Runs launched by
+`dagster dev` or the UI carry no such tags and are left to Dagster's own run monitoring
+(`run_monitoring` in dagster.yaml); runs tagged with another host are left alone (their process
+cannot be checked from here).
+
+Two runs of one partition never interleave: the stage loop holds a per-partition lock
+(`traitflow.store.locks`), and a run that finds its partition busy fails at once, naming the holder.
 """
 
 import fnmatch
 import os
+import socket
 import time
 
 import dagster as dg
@@ -16,6 +30,7 @@ from assets.sources import observe_jobs
 from resources.progress import progress_logger
 from traitflow.errors import TraitflowError
 from traitflow.specs.loader import Project
+from traitflow.store.locks import process_alive, process_start
 
 STAGES = {
     "generation": ["responses", "vetting"],
@@ -82,12 +97,16 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
             with open(os.path.join(home, "dagster.yaml"), "w") as config:
                 config.write("telemetry:\n  enabled: false\n")
         instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
+    for line in fail_orphaned_runs(instance):
+        print(line, flush=True)
+    process_tags = run_process_tags()
     asset_job = defs.resolve_implicit_global_asset_job_def()
     done: list[str] = []
     started = time.monotonic()
     # Record the datasets' content hashes first, so later edits show as stale partitions.
     for job in observe_jobs(exp, [a for a in all_assets if isinstance(a, dg.SourceAsset) and a.key.path[0] == experiment]):
-        observed = defs.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False, run_config=PROGRESS)
+        observed = defs.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False,
+                                                                     run_config=PROGRESS, tags=process_tags)
         if not observed.success:
             raise TraitflowError(f"observing the datasets of {experiment} failed (run {observed.run_id})")
     for stage, members in STAGES.items():
@@ -114,7 +133,7 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
             result = asset_job.execute_in_process(
                 asset_selection=[dg.AssetKey([experiment, n]) for n in selected],
                 instance=instance,
-                tags=tags,
+                tags={**tags, **process_tags},
                 raise_on_error=False,
                 run_config=PROGRESS,
             )
@@ -128,15 +147,60 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     return f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s: " + "; ".join(done)
 
 
+TAG_HOST, TAG_PID, TAG_PID_START = "traitflow/host", "traitflow/pid", "traitflow/pid_start"
+
+
+def run_process_tags() -> dict[str, str]:
+    """The tags that name this process on the runs it executes."""
+    tags = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+    start = process_start(os.getpid())
+    if start is not None:
+        tags[TAG_PID_START] = start
+    return tags
+
+
+def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark FAILURE the STARTING/STARTED runs that `traitflow run` executed on this host in a
+    process that no longer exists (killed before it could record the run's end). Returns one line
+    per run so marked. Runs without traitflow's process tags (`dagster dev`, the UI) are Dagster's
+    own run monitoring's to handle; runs of another host are left alone."""
+    host = socket.gethostname()
+    lines = []
+    active = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=active, tags={TAG_HOST: host})):
+        pid = run.tags.get(TAG_PID, "")
+        if not pid.isdigit() or process_alive(int(pid), run.tags.get(TAG_PID_START)):
+            continue
+        current = instance.get_run_by_id(run.run_id)  # it may have ended since the query
+        if current is None or current.status not in active:
+            continue
+        instance.report_run_failed(current, message=f"process {pid} on {host} that executed this run no longer exists "
+                                                     "(killed?); marked failed by the next `traitflow run`")
+        what = ", ".join(sorted(k.to_user_string() for k in run.asset_selection or ())) or run.job_name
+        lines.append(f"  marked run {run.run_id} FAILURE: its process {pid} on {host} is gone ({what}{_partition_label(run.tags)})")
+    return lines
+
+
+def _partition_label(tags) -> str:
+    if "dagster/partition" in tags:
+        return f", {tags['dagster/partition']}"
+    if "dagster/asset_partition_range_start" in tags:
+        return f", {tags['dagster/asset_partition_range_start']} … {tags.get('dagster/asset_partition_range_end')}"
+    return ""
+
+
+USER_ERRORS = ("TraitflowError", "SpecError", "PartitionBusy")  # one line each, shown without the class path
+
+
 def _failure(result) -> str:
     """The first step failure's message: a user error's one line, or the exception's last line."""
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
-            while error.cause is not None and error.cls_name not in ("TraitflowError", "SpecError"):
+            while error.cause is not None and error.cls_name not in USER_ERRORS:
                 error = error.cause
             line = error.message.strip().splitlines()[-1]
-            if error.cls_name in ("TraitflowError", "SpecError"):
+            if error.cls_name in USER_ERRORS:
                 line = line.split(f"{error.cls_name}: ", 1)[-1]  # the user's one line, without the class path
             return f"{event.step_key}: {line}"
     return "see the run's logs in Dagster"

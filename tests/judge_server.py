@@ -11,12 +11,20 @@ request's messages wins, else ``server.default``. A behaviour can
   ``top_logprobs`` (the most likely token is the reply text),
 - answer text only, without logprobs (``logprobs=False``),
 - answer garbage text (``text="banana"``, ``logprobs=False``),
-- fail with HTTP ``status`` for its first ``fail_first`` requests,
+- answer exact log-probabilities, impossible ones included (``raw_logprobs={"70": float("nan")}``),
+- answer HTTP 200 with a body that is not a chat completion (``body="<html>…"``),
+- fail with HTTP ``status`` for its first ``fail_first`` requests (with ``error_message``),
+- drop the connection without answering (``drop=True``),
 - sleep ``delay_s`` before answering (beyond the client's timeout),
+- hang (``hang=True``) until the server is reset or stopped, at most ``HANG_LIMIT_S``,
 - echo the ``Authorization`` header in its error message (``echo_auth``), as real APIs do.
 
-Every request is counted (``server.count``) and kept (``server.requests``: parsed bodies);
-``server.max_in_flight`` is the most requests it served at once.
+Every request is counted (``server.count``) and kept (``server.requests``: parsed bodies;
+``server.paths``: the request paths); ``server.max_in_flight`` is the most requests it served at
+once. Sleeping and hanging requests wake up when the server is reset or stopped, so no test
+leaves a handler thread waiting.
+
+More servers than the shared one: ``with JudgeServer() as other: …`` starts and stops one.
 
 Use it as the ``judge_server`` fixture (one server per process; each test gets it reset)::
 
@@ -31,6 +39,7 @@ Use it as the ``judge_server`` fixture (one server per process; each test gets i
 import atexit
 import json
 import math
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,9 +57,14 @@ class Behaviour:
     distribution: dict[str, float] = field(default_factory=lambda: {"50": 1.0})
     logprobs: bool = True
     text: str | None = None  # reply text; default: the most likely token of the distribution
+    raw_logprobs: dict[str, float] | None = None  # token -> logprob, sent as is (NaN and Infinity too)
+    body: str | None = None  # answer HTTP 200 with exactly this body instead of a chat completion
     status: int = 500
     fail_first: int = 0  # answer HTTP `status` to the first N requests this behaviour serves
+    error_message: str = "test server failure"
+    drop: bool = False  # close the connection without an answer
     delay_s: float = 0.0
+    hang: bool = False  # wait until the server is reset or stopped (at most HANG_LIMIT_S), then answer
     echo_auth: bool = False  # put the request's Authorization header into the error message (as some APIs do)
     served: int = 0  # requests this behaviour has served so far (fail_first counts these)
 
@@ -58,6 +72,9 @@ class Behaviour:
         if self.text is not None:
             return self.text
         return max(self.distribution.items(), key=lambda kv: kv[1])[0]
+
+
+HANG_LIMIT_S = 30.0  # the longest a hanging request waits for a reset
 
 
 class JudgeServer:
@@ -71,6 +88,7 @@ class JudgeServer:
         self.in_flight = 0  # requests of this generation (since the last reset) being served
         self.max_in_flight = 0
         self._generation = 0
+        self._wake = threading.Event()  # set (and replaced) on reset and stop: sleeping requests return
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
@@ -99,6 +117,8 @@ class JudgeServer:
             self.max_in_flight = 0
             self.in_flight = 0
             self._generation += 1  # requests still sleeping from before the reset no longer count
+            self._wake.set()
+            self._wake = threading.Event()
 
     def rule(self, marker: str, behaviour: Behaviour) -> None:
         """Requests whose messages contain ``marker`` get ``behaviour`` (first matching rule wins)."""
@@ -110,8 +130,15 @@ class JudgeServer:
         return self
 
     def stop(self) -> None:
+        self._wake.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def __enter__(self) -> "JudgeServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     # ---------------------------------------------------------------- serving
     def _pick(self, body: dict) -> tuple[Behaviour, bool]:
@@ -132,8 +159,13 @@ class JudgeServer:
         }
         if behaviour.logprobs and body.get("logprobs"):
             k = int(body.get("top_logprobs") or 0)
-            ranked = sorted(behaviour.distribution.items(), key=lambda kv: -kv[1])[: max(k, 1)]
-            top = [{"token": tok, "logprob": math.log(p) if p > 0 else -9999.0, "bytes": list(tok.encode())} for tok, p in ranked]
+            if behaviour.raw_logprobs is not None:
+                top = [{"token": tok, "logprob": lp, "bytes": list(tok.encode())} for tok, lp in behaviour.raw_logprobs.items()]
+            else:
+                ranked = sorted(behaviour.distribution.items(), key=lambda kv: -kv[1])[: max(k, 1)]
+                top = [
+                    {"token": tok, "logprob": math.log(p) if p > 0 else -9999.0, "bytes": list(tok.encode())} for tok, p in ranked
+                ]
             first = top[0]
             choice["logprobs"] = {"content": [dict(first, top_logprobs=top if k else [])], "refusal": None}
         return {
@@ -154,8 +186,8 @@ class JudgeServer:
             def log_message(self, format, *args):  # noqa: A002 - quiet
                 pass
 
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: dict | str) -> None:
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()  # NaN stays NaN
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -180,23 +212,42 @@ class JudgeServer:
                     server.requests.append(body)
                     server.paths.append(self.path)
                     generation = server._generation
+                    wake = server._wake
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                finished = False
+
+                def finish() -> None:  # before the answer goes out: the client may send its next request at once
+                    nonlocal finished
+                    with server._lock:
+                        if not finished and generation == server._generation:
+                            server.in_flight -= 1
+                        finished = True
+
                 try:
                     behaviour, fail = server._pick(body)
-                    if behaviour.delay_s:
-                        time.sleep(behaviour.delay_s)
+                    if behaviour.delay_s or behaviour.hang:
+                        wake.wait(HANG_LIMIT_S if behaviour.hang else behaviour.delay_s)
+                    finish()
+                    if behaviour.drop:
+                        self.close_connection = True
+                        try:
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        return
                     if fail:
-                        message = "test server failure"
+                        message = behaviour.error_message
                         if behaviour.echo_auth:
                             message = f"Incorrect API key provided: {self.headers.get('Authorization', '')}"
                         self._send(behaviour.status, {"error": {"message": message, "type": "server_error"}})
                         return
+                    if behaviour.body is not None:
+                        self._send(200, behaviour.body)
+                        return
                     self._send(200, server._completion(body, behaviour))
                 finally:
-                    with server._lock:
-                        if generation == server._generation:
-                            server.in_flight -= 1
+                    finish()
 
         return Handler
 

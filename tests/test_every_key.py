@@ -25,6 +25,7 @@ BASE = {
                  "other": {"model": "models/llama", "device": "cpu", "chat_template": False}},
     "traits": ["starter/*"],
     "judge": {"model": "keywords"},
+    "judges": {"strict": {"model": "keywords"}},
     "extraction": {"variant": "chat", "position": ["prompt[-1]", "response[:3]"], "methods": ["probe", "mean_diff"],
                    "max_new_tokens": 2, "batch_size": 16},
     "steering": {"variants": ["chat"], "position": "prompt[-1]", "method": "mean_diff"},
@@ -47,6 +48,7 @@ CHANGES: dict[str, typing.Any] = {
     "judge.backoff_s": 0.1,
     "judge.max_failure_rate": 0.5,
     "judge.deadline_s": 60.0,
+    "judges": {"strict": {"model": "keywords", "timeout_s": 5.0}},
     "extraction.variant": "other",
     "extraction.position": ["prompt[-1]"],
     "extraction.component": "mlp_out",
@@ -134,14 +136,7 @@ CHANGES: dict[str, typing.Any] = {
     "trait.description": "How hopeful the reply is.",
     "trait.direction": "negative",
     "trait.paired": False,
-    "trait.judge.model": "openai/gpt-4.1-mini",
-    "trait.judge.api_base": "http://127.0.0.1:9/v1",
-    "trait.judge.max_concurrency": 2,
-    "trait.judge.timeout_s": 5.0,
-    "trait.judge.max_retries": 0,
-    "trait.judge.backoff_s": 0.1,
-    "trait.judge.max_failure_rate": 0.5,
-    "trait.judge.deadline_s": 60.0,
+    "trait.judge": "strict",
     "trait.position": ["prompt[-1]"],
     "trait.methods": ["mean_diff"],
     "trait.layers": "1",
@@ -160,7 +155,7 @@ def leaf_fields(cls: type[BaseModel], prefix: str = "") -> list[str]:
     out = []
     for name, info in cls.model_fields.items():
         key, subs = info.alias or name, _models_in(info.annotation)
-        if not subs or ModelSpec in subs:  # variants: a map of specs, walked as `variant.*`
+        if not subs or typing.get_origin(info.annotation) is dict:  # a map of specs (variants, judges) is one key
             out.append(prefix + key)
         else:
             out += leaf_fields(subs[0], prefix + key + ("[]." if typing.get_origin(info.annotation) is list else "."))
@@ -262,7 +257,7 @@ def trait_reading(project, exp, name: str) -> dict:
     if trait.config.keywords is not None:
         score = KeywordsBackend().score([trait_request(trait, "How is it?", "hope hope fine fine doom")])[0].score
     return {"definition": trait.definition, "direction": trait.direction, "paired": trait.paired,
-            "judge": judge_spec_for(exp.spec.judge, trait).model_dump(), "keywords score": score}
+            "judge": judge_spec_for(exp.spec, trait).model_dump(), "keywords score": score}
 
 
 def asset_graph(project) -> dict:

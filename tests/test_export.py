@@ -84,6 +84,46 @@ def test_user_mistakes_are_one_line_errors(tmp_path, kwargs, message):
     assert not (tmp_path / "v.gguf").exists()
 
 
+@pytest.mark.parametrize("coefficient", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_coefficient_is_refused(tmp_path, coefficient):
+    with pytest.raises(TraitflowError, match=f"^coefficient {coefficient} is not a finite number; nothing exported$"):
+        export_gguf(make_vectors(), "prompt[-1]", "residual", "probe", tmp_path / "v.gguf", coefficient=coefficient)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_coefficient_overflowing_float32_is_refused(tmp_path):
+    """1e39 is finite as a Python float but every product is ±inf in the file's float32 tensors."""
+    with pytest.raises(TraitflowError, match=r"overflows float32 at layers \[1, 2, 3\]; nothing exported$"):
+        export_gguf(make_vectors(), "prompt[-1]", "residual", "probe", tmp_path / "v.gguf", coefficient=1e39)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_vector_with_non_finite_values_is_refused(tmp_path, bad):
+    vs = make_vectors()
+    vs.vectors[("prompt[-1]", "residual", "probe")][2, 3] = bad
+    for layers in (None, [1, 2]):
+        with pytest.raises(TraitflowError, match=r"^the 'probe' vector at position 'prompt\[-1\]' has non-finite values at "
+                                                 r"layers \[2\]; nothing exported$"):
+            export_gguf(vs, "prompt[-1]", "residual", "probe", tmp_path / "v.gguf", layers=layers)
+    assert list(tmp_path.iterdir()) == []
+    export_gguf(vs, "prompt[-1]", "residual", "probe", tmp_path / "v.gguf", layers=[3])  # the finite layers still export
+    assert list(read_gguf(tmp_path / "v.gguf")[1]) == ["direction.3"]
+
+
+def test_all_nan_row_is_a_layer_without_the_vector(tmp_path):
+    """An all-NaN row is how a CMA-ES refinement marks layers it was not optimised at: skipped by
+    default, a one-line error when asked for."""
+    vs = make_vectors()
+    vs.vectors[("prompt[-1]", "residual", "probe")][2] = float("nan")
+    export_gguf(vs, "prompt[-1]", "residual", "probe", tmp_path / "v.gguf")
+    assert sorted(read_gguf(tmp_path / "v.gguf")[1]) == ["direction.1", "direction.3"]
+    expected = r"^layers \[2\]: this vector is not defined there \(non-finite\); it is at layers 0,1,3$"
+    with pytest.raises(TraitflowError, match=expected):
+        export_gguf(vs, "prompt[-1]", "residual", "probe", tmp_path / "w.gguf", layers=[2])
+    assert not (tmp_path / "w.gguf").exists()
+
+
 # --------------------------------------------------------------------------- CLI
 EXPERIMENT = """\
 name: exp
@@ -138,6 +178,8 @@ def test_cli_layers_best_and_explicit_method(project, tmp_path, capsys):
     (["--trait", "starter/optimism", "--method", "gradient"], "method 'gradient' was not extracted"),
     (["--trait", "starter/optimism", "--position", "response[:5]"], "position 'response[:5]' was not extracted"),
     (["--trait", "starter/optimism", "--layers", "0"], "layer 0 cannot be exported"),
+    (["--trait", "starter/optimism", "--coefficient", "nan"], "coefficient nan is not a finite number"),
+    (["--trait", "starter/optimism", "--coefficient", "inf"], "coefficient inf is not a finite number"),
 ])
 def test_cli_user_mistakes_exit_2_with_one_line(project, tmp_path, capsys, extra, message):
     code = main(["export", "gguf", "exp", "--root", str(project), "--out", str(tmp_path / "x.gguf"), *extra])

@@ -8,7 +8,6 @@ import asyncio
 import math
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -29,6 +28,7 @@ from traitflow.judge import (
     trait_request,
     vetting_request,
 )
+from traitflow.judge.base import MalformedReply
 from traitflow.judge.llm import completion_from_response, redact
 from traitflow.judge.prompts import calls_for, fill
 from traitflow.specs.models import JudgeSpec, Keywords
@@ -89,7 +89,11 @@ def test_score_from_text():
 
 
 def test_completion_from_response_handles_missing_parts():
-    assert completion_from_response({"choices": []}).text == ""
+    with pytest.raises(MalformedReply, match="no choices"):
+        completion_from_response({"choices": []})
+    with pytest.raises(MalformedReply, match="no message"):
+        completion_from_response({"choices": [{"index": 0}]})
+    assert completion_from_response({"choices": [{"message": {"content": None}}]}).text == ""  # judged: no number
     reply = completion_from_response({"choices": [{"message": {"content": "7"}, "logprobs": None}]})
     assert reply.text == "7" and reply.top_logprobs is None
     only_first = {"choices": [{"message": {"content": "7"}, "logprobs": {"content": [{"token": "7", "logprob": -0.1}]}}]}
@@ -164,11 +168,14 @@ def test_keywords_backend_needs_keywords():
     assert judge.score([coherence_request("q", "A fine answer here.")])[0].score == 100.0
 
 
-def test_trait_override_of_judge(trait, tmp_path):
-    default = JudgeSpec(model="openai/gpt-4.1-mini")
-    assert judge_spec_for(default, trait) is default
-    (trait.folder / "trait.yaml").write_text("judge: {model: keywords}\n")
-    assert judge_spec_for(default, load_trait(trait.folder, trait.name)).model == "keywords"
+def test_trait_picks_a_judge_the_experiment_allows(trait, tmp_path):
+    from traitflow.specs.models import ExperimentSpec
+
+    experiment = ExperimentSpec(name="e", variants={"a": "m"}, traits=["*"], judge=JudgeSpec(model="openai/gpt-4.1-mini"),
+                                judges={"plain": JudgeSpec(model="keywords")})
+    assert judge_spec_for(experiment, trait) is experiment.judge
+    (trait.folder / "trait.yaml").write_text("judge: plain\n")
+    assert judge_spec_for(experiment, load_trait(trait.folder, trait.name)) is experiment.judges["plain"]
 
 
 def test_importing_and_making_judges_is_cheap():
@@ -247,7 +254,7 @@ def test_retries_after_http_500(judge_server, api_key):
 def test_one_failing_request_does_not_sink_the_batch(judge_server, api_key):
     judge_server.default = Behaviour(distribution={"60": 1.0})
     judge_server.rule("BROKEN", Behaviour(fail_first=10**6))
-    judge = make_judge(spec_for(judge_server, max_retries=1), cache_path=None)
+    judge = make_judge(spec_for(judge_server, max_retries=1, max_failure_rate=0.5), cache_path=None)  # 1 of 3 may fail
     scores = judge.score(
         [JudgeRequest("trait", "q", "a1"), JudgeRequest("trait", "q", "BROKEN"), JudgeRequest("trait", "q", "a2")]
     )
@@ -256,22 +263,14 @@ def test_one_failing_request_does_not_sink_the_batch(judge_server, api_key):
     assert judge_server.count == 4  # the broken one was tried twice
 
 
-def test_every_request_failing_with_500_is_none_not_an_exception(judge_server, api_key):
-    judge_server.default = Behaviour(fail_first=10**6, status=503)
-    judge = make_judge(spec_for(judge_server, max_retries=1), cache_path=None)
-    assert [s.score for s in judge.score([JudgeRequest("trait", "q", "a")])] == [None]
-    assert judge.stats.errors == 1
-
-
 def test_timeout(judge_server, api_key):
     judge_server.default = Behaviour(distribution={"60": 1.0})
-    judge_server.rule("SLOW", Behaviour(distribution={"60": 1.0}, delay_s=1.5))
-    judge = make_judge(spec_for(judge_server, timeout_s=0.3, max_retries=1), cache_path=None)
-    start = time.monotonic()
+    judge_server.rule("SLOW", Behaviour(distribution={"60": 1.0}, delay_s=5.0))  # would answer 60 after 5 s
+    judge = make_judge(spec_for(judge_server, timeout_s=0.3, max_retries=1, max_failure_rate=0.5), cache_path=None)
     scores = judge.score([JudgeRequest("trait", "q", "SLOW"), JudgeRequest("trait", "q", "fast")])
-    assert time.monotonic() - start < 1.4
-    assert [s.score for s in scores] == [None, 60.0]
+    assert [s.score for s in scores] == [None, 60.0]  # the slow one was cut off, not waited for
     assert judge.stats.errors == 1
+    assert sum("SLOW" in user_prompt(b) for b in judge_server.requests) == 2  # a timeout is retried
 
 
 def test_unreachable_api_base_is_one_line_error(api_key):

@@ -33,7 +33,7 @@ REQUESTS = [
 
 
 # --------------------------------------------------------------------------- the key
-def test_key_covers_model_template_prompt_not_api_base_or_keys():
+def test_key_covers_model_endpoint_template_prompt_not_secrets():
     base = cache_key("openai/a", "trait/v1", "prompt", {"max_tokens": 4})
     assert base == cache_key("openai/a", "trait/v1", "prompt", {"max_tokens": 4})
     assert (
@@ -44,10 +44,17 @@ def test_key_covers_model_template_prompt_not_api_base_or_keys():
                 cache_key("openai/a", "trait/v2", "prompt", {"max_tokens": 4}),
                 cache_key("openai/a", "trait/v1", "prompt!", {"max_tokens": 4}),
                 cache_key("openai/a", "trait/v1", "prompt", {"max_tokens": 5}),
+                cache_key("openai/a", "trait/v1", "prompt", {"max_tokens": 4}, endpoint="http://h:8000/v1"),
+                cache_key("openai/a", "trait/v1", "prompt", {"max_tokens": 4}, endpoint="http://h:8001/v1"),
+                cache_key("openai/a", "trait/v1", "prompt", {"max_tokens": 4}, endpoint="http://h:8000"),
             }
         )
-        == 5
+        == 8
     )
+    # userinfo, query string, fragment, a trailing slash and the case of scheme and host are not the endpoint
+    one = cache_key("openai/a", "trait/v1", "prompt", endpoint="http://h:8000/v1")
+    for spelling in ("http://bob:pw@h:8000/v1", "http://h:8000/v1/?key=abc#frag", "HTTP://H:8000/v1"):
+        assert cache_key("openai/a", "trait/v1", "prompt", endpoint=spelling) == one
 
 
 def test_roundtrip_wal_and_concurrent_reader(tmp_path):
@@ -104,7 +111,7 @@ def test_rescore_and_rerun_make_no_http_calls(judge_server, tmp_path, monkeypatc
     assert [(s.score, s.mass) for s in again] == [(s.score, s.mass) for s in first]
     assert all(s.cached for s in again) and judge.stats.cache_hits == 4 and judge.stats.calls == 4
 
-    rerun = make_judge(spec_for(judge_server, api_base=judge_server.url.replace("127.0.0.1", "localhost")), cache_path=path)
+    rerun = make_judge(spec_for(judge_server), cache_path=path)  # another process, same judge
     assert [(s.score, s.mass) for s in rerun.score(REQUESTS)] == [(s.score, s.mass) for s in first]
     assert judge_server.count == 4 and rerun.stats.calls == 0 and rerun.stats.cache_hits == 4
 
@@ -118,11 +125,57 @@ def test_rescore_and_rerun_make_no_http_calls(judge_server, tmp_path, monkeypatc
     assert judge_server.count == 5 and other_model.stats.cache_hits == 0
 
 
+def test_another_server_is_asked_not_served_from_the_cache(judge_server, tmp_path):
+    """Same model string, same prompts, one cache file: a second server's scores are its own."""
+    path = tmp_path / "judge_cache.sqlite"
+    judge_server.default = Behaviour(distribution={"70": 1.0})
+    assert [s.score for s in make_judge(spec_for(judge_server), cache_path=path).score(REQUESTS[:2])] == [70.0, 70.0]
+    assert judge_server.count == 2
+
+    with JudgeServer() as other:
+        other.default = Behaviour(distribution={"20": 1.0})
+        moved = make_judge(spec_for(other), cache_path=path)
+        assert [s.score for s in moved.score(REQUESTS[:2])] == [20.0, 20.0]
+        assert other.count == 2 and moved.stats.cache_hits == 0
+        assert [s.score for s in moved.score(REQUESTS[:2])] == [20.0, 20.0] and other.count == 2  # now cached, per server
+
+    # the same server under another spelling (no /v1: the server also answers /chat/completions) asks again
+    unversioned = make_judge(spec_for(judge_server, api_base=f"http://127.0.0.1:{judge_server.port}"), cache_path=path)
+    unversioned.score(REQUESTS[:2])
+    assert judge_server.count == 4 and judge_server.paths[-1] == "/chat/completions" and unversioned.stats.cache_hits == 0
+    assert make_judge(spec_for(judge_server), cache_path=path).score(REQUESTS[:2])[0].cached  # the first is still there
+
+
+def test_endpoint_from_the_environment_counts(judge_server, tmp_path, monkeypatch):
+    """Without api_base, OPENAI_BASE_URL picks the server (as in litellm) and is part of the key."""
+    path = tmp_path / "judge_cache.sqlite"
+    judge_server.default = Behaviour(distribution={"70": 1.0})
+    monkeypatch.setenv("OPENAI_BASE_URL", judge_server.url)
+    first = make_judge(spec_for(judge_server, api_base=None), cache_path=path)
+    assert first.score(REQUESTS[:1])[0].score == 70.0 and judge_server.count == 1
+    assert first.endpoint == judge_server.url
+
+    with JudgeServer() as other:
+        other.default = Behaviour(distribution={"20": 1.0})
+        monkeypatch.setenv("OPENAI_BASE_URL", other.url)
+        second = make_judge(spec_for(other, api_base=None), cache_path=path)
+        assert second.score(REQUESTS[:1])[0].score == 20.0 and other.count == 1 and second.stats.cache_hits == 0
+
+
+def test_impossible_stored_logprobs_are_a_miss(tmp_path):
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    for value in (float("nan"), float("inf"), 3.0, -1e6):
+        cache.put("k", "m", "trait/v1", Completion(text="70", top_logprobs=(("70", value),)))
+        assert cache.get("k") is None
+    cache.put("k", "m", "trait/v1", Completion(text="70", top_logprobs=(("70", -0.1),)))
+    assert cache.get("k") is not None
+
+
 def test_no_confident_answer_is_cached_failures_are_not(judge_server, tmp_path):
     judge_server.default = Behaviour(distribution={"I": 0.9, "50": 0.1})
     judge_server.rule("FAILS", Behaviour(fail_first=2))
     path = tmp_path / "judge_cache.sqlite"
-    judge = make_judge(spec_for(judge_server, max_retries=1), cache_path=path)
+    judge = make_judge(spec_for(judge_server, max_retries=1, max_failure_rate=0.5), cache_path=path)
     requests = [JudgeRequest("trait", "q", "unsure"), JudgeRequest("trait", "q", "FAILS")]
     assert [s.score for s in judge.score(requests)] == [None, None]
     assert judge_server.count == 3 and judge.stats.errors == 1 and judge.stats.none_count == 2

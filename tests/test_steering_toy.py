@@ -95,7 +95,8 @@ def test_killed_steering_run_resumes_without_redoing_configurations(toy_demo, tm
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        if log.path.exists() and sum(1 for e in log.read() if "config" in e) >= 2:
+        # Count without ResultsLog.read(), which rewrites a torn last line and would race the writer.
+        if log.path.exists() and log.path.read_text().count('"config"') >= 2:
             break
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)

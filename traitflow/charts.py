@@ -47,17 +47,26 @@ def render(chart, name: str) -> RenderedChart:
     return RenderedChart(name=name, png=png, html=html, spec=spec)
 
 
+def _label(value: float | None) -> str:
+    """A heatmap cell's text; an undefined metric (null in the artifact) reads ``n/a``."""
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+
+
 def _heatmap(rows: list[dict], value: str, domain: list[float] | None, scheme: str):
     import altair as alt
 
-    labelled = [{**r, "label": f"{r[value]:.2f}" if abs(r[value]) < 100 else f"{r[value]:.0f}"} for r in rows]
+    labelled = [{**r, "label": _label(r[value])} for r in rows]
     base = alt.Chart(alt.Data(values=labelled)).encode(x=alt.X("layer:O", title="layer"), y=alt.Y("method:N", title=None))
     heat = base.mark_rect().encode(
         color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=domain, scheme=scheme) if domain else alt.Scale(scheme=scheme),
                         title=value.replace("_", " ")),
         tooltip=["position:N", "method:N", "layer:O", "val_accuracy:Q", "auroc:Q", "cohens_d:Q", "combined:Q"],
     )
-    text = base.mark_text(fontSize=9).encode(text="label:N", color=alt.value("white"))
+    # An undefined cell (null) has no colour: its "n/a" is grey, not white on white.
+    text = base.mark_text(fontSize=9).encode(text="label:N",
+                                             color=alt.condition(f"datum.{value} === null", alt.value("gray"), alt.value("white")))
     n_layers = len({r["layer"] for r in rows})
     n_methods = len({r["method"] for r in rows})
     return (heat + text).properties(width=max(120, 24 * n_layers), height=20 * n_methods,
@@ -171,7 +180,7 @@ def comparison_charts(record: dict) -> RenderedChart:
         x=alt.X("d:Q", title="peak Cohen's d (B − A)"), y=alt.Y("trait:N", sort="-x", title=None),
         color=alt.condition(alt.datum.d > 0, alt.value("#2a9d8f"), alt.value("#e76f51")), tooltip=["trait:N", "d:Q", "layer:O"],
     ).properties(width=260, height=22 * len(effect), title="effect size by trait")
-    moved = max(record["traits"], key=lambda t: abs(record["traits"][t]["peak"]["cohens_d"]))
+    moved = max(record["traits"], key=lambda t: abs(record["traits"][t]["peak"]["cohens_d"] or 0.0))  # null: undefined d
     rows = []
     for prompt in record["traits"][moved]["top_prompts"][:3]:
         for index, (token, delta) in enumerate(zip(prompt["tokens"], prompt["deltas"], strict=False)):

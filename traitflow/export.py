@@ -33,6 +33,7 @@ Example:
 """
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +60,24 @@ def gguf_layers(vectors: Any, layers: list[int] | None, key: tuple[str, str, str
         raise TraitflowError("no layers to export")
     if 0 in chosen:
         raise TraitflowError("layer 0 cannot be exported: llama.cpp control vectors never steer the first block's output (direction.0 is invalid)")
+    undefined = [layer for layer in chosen if layer not in stored and layer in vectors.layers]
+    if undefined:
+        raise TraitflowError(f"layers {undefined}: this vector is not defined there (non-finite); "
+                             f"it is at layers {_ranges(stored)}")
     missing = [layer for layer in chosen if layer not in stored]
     if missing:
         raise TraitflowError(f"layers {missing} were not extracted; stored layers are {_ranges(stored)}")
     return chosen
+
+
+def _corrupt_layers(vectors: Any, key: tuple[str, str, str], layers: list[int]) -> list[int]:
+    """Layers among ``layers`` whose row holds NaN or ±inf without being all NaN (an all-NaN row only
+    says the vector is not defined at that layer, as for a CMA-ES refinement)."""
+    import torch
+
+    stacked = vectors.vectors[key]
+    rows = {layer: stacked[vectors.layers.index(layer)] for layer in layers if layer in vectors.layers}
+    return [layer for layer, row in rows.items() if not bool(torch.isfinite(row).all()) and not bool(torch.isnan(row).all())]
 
 
 def _ranges(layers: list[int]) -> str:
@@ -129,10 +144,14 @@ def export_gguf(
 
     Raises:
         TraitflowError for a non-residual component, a vector family that was not extracted,
-        layer 0 or a layer that was not extracted.
+        layer 0 or a layer that was not extracted, a non-finite coefficient, a vector with
+        non-finite values, or a product that overflows float32. Nothing is written then.
     """
     import gguf
     import numpy as np
+
+    if not math.isfinite(float(coefficient)):
+        raise TraitflowError(f"coefficient {coefficient} is not a finite number; nothing exported")
 
     if component != "residual":
         raise TraitflowError(
@@ -142,8 +161,18 @@ def export_gguf(
     if key not in vectors.vectors:
         known = ", ".join(f"{p} {c} {m}" for p, c, m in sorted(vectors.vectors)) or "none"
         raise TraitflowError(f"no {method!r} vector at position {position!r} ({component}); stored: {known}")
+    corrupt = _corrupt_layers(vectors, key, [layer for layer in vectors.layers if layer > 0] if layers is None else list(layers))
+    if corrupt:
+        raise TraitflowError(f"the {method!r} vector at position {position!r} has non-finite values at layers {corrupt}; "
+                             "nothing exported")
     chosen = gguf_layers(vectors, layers, key)
     stacked = vectors.vectors[key].detach().float().cpu()
+    directions = {layer: (stacked[vectors.layers.index(layer)] * float(coefficient)).numpy().astype(np.float32)
+                  for layer in chosen}
+    overflow = [layer for layer, row in directions.items() if not np.isfinite(row).all()]
+    if overflow:
+        raise TraitflowError(f"coefficient {coefficient:g} times the vector overflows float32 at layers {overflow}; "
+                             "nothing exported")
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "controlvector.gguf"
@@ -157,9 +186,8 @@ def export_gguf(
             if value is not None:
                 writer.add_string(f"traitflow.{name}", str(value))
         writer.add_float32("traitflow.coefficient", float(coefficient))
-        for layer in chosen:
-            row = stacked[vectors.layers.index(layer)] * float(coefficient)
-            writer.add_tensor(f"direction.{layer}", row.numpy().astype(np.float32))
+        for layer, row in directions.items():
+            writer.add_tensor(f"direction.{layer}", row)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -185,13 +213,13 @@ class ExportResult:
 def _best_row(evaluation: dict, position: str, method: str | None) -> dict | None:
     if method is None:
         return evaluation.get("best", {}).get(position)
+    from traitflow.extract.evaluate import VectorScore, best_score
+
     rows = [r for r in evaluation.get("scores", []) if r["position"] == position and r["method"] == method]
-
-    def key(r: dict) -> tuple:
-        d = r.get("cohens_d")
-        return (-r["val_accuracy"], -(d if isinstance(d, int | float) and d == d else float("-inf")), r["layer"])
-
-    return min(rows, key=key) if rows else None
+    if not rows:
+        return None
+    best = best_score([VectorScore.from_dict(r) for r in rows])  # the extraction rule, null d included
+    return next(r for r in rows if r["layer"] == best.layer)
 
 
 def export_experiment_gguf(

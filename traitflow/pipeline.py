@@ -5,6 +5,7 @@ metadata. They know nothing of Dagster: the asset bodies in `assets/` are a loop
 keys calling these, and tests call them directly.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,9 +123,9 @@ def judge_cache_path(ctx: StageContext) -> Path:
 
 def judge_for(ctx: StageContext, trait: str):
     """The trait's judge: its trait.yaml `judge:` when set, else the experiment's."""
-    from traitflow.judge import make_judge
+    from traitflow.judge import judge_spec_for, make_judge
 
-    spec = ctx.project.traits[trait].config.judge or ctx.experiment.spec.judge
+    spec = judge_spec_for(ctx.experiment.spec, ctx.project.traits[trait])
     return make_judge(spec, judge_cache_path(ctx), load_variant=ctx.load_model)
 
 
@@ -485,7 +486,7 @@ def run_inference_responses(ctx: StageContext, prompt_set: str, variant: str) ->
                                                          sample=spec.sample)
         record = replay_responses(loaded, source_record)
     elif variant in spec.import_responses:
-        record = import_responses(loaded, prompts, ctx.project.root / spec.import_responses[variant])
+        record = import_responses(loaded, prompts, ctx.project.root / spec.import_responses[variant], ctx.project.root)
     else:
         record = generate_inference_responses(loaded, prompts, spec.max_new_tokens, spec.batch_size, sample=spec.sample)
     record["input_hashes"] = {"prompt_set": prompts.content_hash()}
@@ -597,6 +598,10 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
         options["mean_norms"] = mean_norms(calibration) if spec.score == "normalized" else None
         options["clean_dims"] = massive_dims(calibration) if spec.clean_massive_dims else None
     if spec.centre:
+        for probe in probes:
+            if not all(math.isfinite(b) for b in baselines[probe.trait]):
+                raise TraitflowError(f"{exp.path}: inference.centre needs each vector's class-midpoint baseline; "
+                                     f"{probe.trait}'s {probe.method} vectors have none")
         options["centre"] = {p.trait: dict(zip(p.layers, baselines[p.trait], strict=True)) for p in probes}
     record = project_responses(loaded, responses, probes, exp.spec.inference.batch_size, **options)
     record["skipped_traits"] = skipped
@@ -609,8 +614,9 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> dict:
     summary: dict[str, Any] = {"path": str(path), "n_prompts": len(record["items"]), "chart_html": str(files["html"]),
                                "chart": Markdown(chart.markdown(f"{prompt_set} on {variant}"))}
     for probe in probes:
-        means = response_means(record, probe.trait, probe.layers[0])
-        summary[f"{probe.trait} mean (L{probe.layers[0]})"] = sum(means) / max(1, len(means))
+        means = [m for m in response_means(record, probe.trait, probe.layers[0]) if math.isfinite(m)]  # empty replies: nan
+        if means:
+            summary[f"{probe.trait} mean (L{probe.layers[0]})"] = sum(means) / len(means)
     return summary
 
 

@@ -34,7 +34,8 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
             best = evaluation["best"].get(position) or next(iter(evaluation["best"].values()))
             extraction = {"position": best["position"], "component": best["component"], "method": best["method"],
                           "layer": best["layer"], "val_accuracy": best["val_accuracy"], "cohens_d": best["cohens_d"],
-                          "variant": src.experiment.extraction_variant, "experiment": src.experiment.name}
+                          "variant": src.experiment.extraction_variant, "experiment": src.experiment.name,
+                          **_reasons(best, ("cohens_d",))}
         steering = None
         best_path = ctx.store.path(exp.name, "best_vector", tuple(trait.split("/")), FILES["best_vector"])
         if best_path.exists():
@@ -64,10 +65,22 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
         name = f"{comparison.a}_vs_{comparison.b}"
         if len({c.prompt_set for c in exp.spec.comparisons if (c.a, c.b) == (comparison.a, comparison.b)}) > 1:
             name += f"@{comparison.prompt_set}"
-        comparisons[name] = {trait: {k: info["peak"][k] for k in ("layer", "cohens_d", "cohens_d_paired", "cosine")}
+        comparisons[name] = {trait: {**{k: info["peak"][k] for k in ("layer", "cohens_d", "cohens_d_paired", "cosine")},
+                                     **_reasons(info["peak"], ("cohens_d", "cohens_d_paired"))}
                              for trait, info in record["traits"].items()}
     return {"experiment": exp.name, "storage": ctx.store.uri, "traits": traits, "inference": inference,
             "comparisons": comparisons}
+
+
+def _reasons(row: dict, names: tuple[str, ...]) -> dict[str, str]:
+    """The ``<name>_reason`` entries of an artifact row for these metrics (present where one is undefined, i.e. null)."""
+    return {f"{n}_reason": row[f"{n}_reason"] for n in names if f"{n}_reason" in row}
+
+
+def _num(value: float | None, spec: str) -> str:
+    """``value`` formatted by ``spec``, or ``n/a`` right-aligned to its width when undefined (null)."""
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return format(value, spec) if value is not None else format("n/a", f">{width or 0}")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -82,7 +95,7 @@ def format_report(report: dict[str, Any]) -> str:
         done = ", ".join(info["materialized"]) or "nothing"
         if ex:
             lines.append(f"{trait:24} {ex['position']:14} {ex['method']:10} {ex['layer']:>5} {ex['val_accuracy']:>8.3f} "
-                         f"{ex['cohens_d']:>7.2f}  {done}")
+                         f"{_num(ex['cohens_d'], '>7.2f')}  {done}")
         else:
             lines.append(f"{trait:24} {'-':14} {'-':10} {'-':>5} {'-':>8} {'-':>7}  {done}")
     steered = {t: i["steering"] for t, i in report["traits"].items() if i.get("steering")}
@@ -106,9 +119,10 @@ def format_report(report: dict[str, Any]) -> str:
     for name, traits in report.get("comparisons", {}).items():
         lines.append("")
         lines.append(f"{name} (peak layer by |d|, d signed B - A; moved most first)")
-        for trait, row in sorted(traits.items(), key=lambda kv: -abs(kv[1]["cohens_d"])):
-            lines.append(f"  {trait:24} L{row['layer']:<3} d {row['cohens_d']:+6.2f}  paired d {row['cohens_d_paired']:+6.2f}  "
-                         f"cosine {row['cosine']:+.2f}")
+        for trait, row in sorted(traits.items(), key=lambda kv: -abs(kv[1]["cohens_d"] or 0.0)):
+            lines.append(f"  {trait:24} L{row['layer']:<3} d {_num(row['cohens_d'], '+6.2f')}  "
+                         f"paired d {_num(row['cohens_d_paired'], '+6.2f')}  cosine {row['cosine']:+.2f}"
+                         + (f"  (d: {row['cohens_d_reason']})" if row.get("cohens_d_reason") else ""))
     lines.append("")
     lines.append(f"artifacts: {report['storage']}/{report['experiment']}/<asset>/<partition>/ "
                  f"(e.g. vectors/<trait>/<variant>/{FILES['vectors']})")

@@ -7,6 +7,9 @@ difference (B − A, response tokens) and the trait vector, and the peak layer b
 toolkit's rule). Per token: B − A deltas; per clause (split at punctuation): mean delta. Each
 prompt keeps its top `top_pct` percent of clauses by |delta| (at least one), and the kept clauses
 are ranked across the prompt set by |delta|.
+
+A metric that is undefined (d or a correlation over fewer than 2 prompts, a correlation with a
+constant input) is NaN from the functions below and ``null`` plus ``<name>_reason`` in the record.
 """
 
 import math
@@ -41,6 +44,11 @@ def paired_d(b: list[float], a: list[float]) -> float:
         return float("nan")
     sd = statistics.stdev(diffs)
     return statistics.fmean(diffs) / sd if sd > 0 else 0.0
+
+
+def _metric(name: str, value: float, reason: str) -> dict[str, Any]:
+    """``{name: value}``, or ``{name: None, name_reason: reason}`` when ``value`` is NaN or infinite."""
+    return {name: value} if math.isfinite(value) else {name: None, f"{name}_reason": reason}
 
 
 def _clauses(tokens: list[str], deltas: list[float]) -> list[tuple[str, float]]:
@@ -97,9 +105,11 @@ def compare_variants(model_a: Any, model_b: Any, responses: dict, probes: list[P
             b_means = [float(p.scores[ti, li, p.prompt_len:].mean()) for p in proj_b]
             diff = activation_diff[li]
             cosine = float(diff @ stacked[ti, li] / diff.norm().clamp_min(1e-12))
-            per_layer.append({"layer": layer, "cohens_d": cohens_d(b_means, a_means), "cohens_d_paired": paired_d(b_means, a_means),
+            few = "fewer than 2 prompts"
+            per_layer.append({"layer": layer, **_metric("cohens_d", cohens_d(b_means, a_means), few),
+                              **_metric("cohens_d_paired", paired_d(b_means, a_means), few),
                               "cosine": cosine, "mean_a": statistics.fmean(a_means), "mean_b": statistics.fmean(b_means)})
-        peak = max(per_layer, key=lambda r: abs(r["cohens_d"]) if r["cohens_d"] == r["cohens_d"] else -1)
+        peak = max(per_layer, key=lambda r: -1 if r["cohens_d"] is None else abs(r["cohens_d"]))
         li = layers.index(peak["layer"])
         clauses, prompts = [], []
         for item, pa, pb in zip(items, proj_a, proj_b, strict=True):
@@ -120,7 +130,8 @@ def compare_variants(model_a: Any, model_b: Any, responses: dict, probes: list[P
             shifts = [float((pb.scores[ti, lj, pb.prompt_len:] - pa.scores[ti, lj, pa.prompt_len:]).mean())
                       for pa, pb in zip(proj_a, proj_b, strict=True)]
             row["delta"] = statistics.fmean(shifts)
-            row["correlation_with_peak"] = _correlation(shifts, peak_shifts)
+            reason = "fewer than 2 prompts" if len(shifts) < 2 else "no variation across prompts here or at the peak layer"
+            row.update(_metric("correlation_with_peak", _correlation(shifts, peak_shifts), reason))
         traits[probe.trait] = {"peak": peak, "layers": per_layer, "top_clauses": clauses,
                                "top_prompts": prompts[:5]}
     return {"a": model_a.spec.name, "b": model_b.spec.name, "prompt_set": responses["prompt_set"], "n_prompts": len(items),

@@ -6,10 +6,10 @@ not know are warnings naming file and line (upstream's format evolves), never er
 """
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from traitflow.data.files import parse_json, read_bytes, read_text
 from traitflow.data.traits import json_line
 from traitflow.errors import SpecError, SpecWarning
 
@@ -31,19 +31,17 @@ class PromptSet:
     warnings: list[SpecWarning] = field(default_factory=list)
 
     def content_hash(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+        return hashlib.sha256(read_bytes(self.path)).hexdigest()[:16]
 
 
 SET_KEYS = ("name", "description", "system_prompt", "prompts")
 ITEM_KEYS = ("id", "text", "prompt", "note", "system_prompt")
 
 
-def load_prompt_set(path: Path, name: str) -> PromptSet:
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(path, f"invalid JSON ({exc.msg})", line=exc.lineno) from None
+def load_prompt_set(path: Path, name: str, root: Path | None = None) -> PromptSet:
+    """One prompt set; the file must resolve inside `root` (default: its own folder)."""
+    text = read_text(path, root if root is not None else path.parent)
+    data = parse_json(text, path)
     warnings: list[SpecWarning] = []
     description, set_system = "", None
     if isinstance(data, list):
@@ -98,4 +96,5 @@ def _optional_str(data: dict, key: str, path: Path, text: str) -> str | None:
 
 def prompt_set_versions(inference_dir: Path, names: list[str]) -> dict[str, str]:
     """Content hash per prompt set: the data version of each `prompt_sets` partition."""
-    return {name: load_prompt_set(inference_dir / f"{name}.json", name).content_hash() for name in names}
+    root = inference_dir.parent.parent  # <root>/datasets/inference
+    return {name: load_prompt_set(inference_dir / f"{name}.json", name, root).content_hash() for name in names}

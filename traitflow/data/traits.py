@@ -6,10 +6,10 @@ A trait is a folder `datasets/traits/<category>/<name>/` holding
 """
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from traitflow.data.files import parse_json, read_bytes, read_text
 from traitflow.errors import SpecError, SpecWarning
 from traitflow.specs.models import TraitConfig
 
@@ -81,16 +81,19 @@ class TraitDataset:
         digest = hashlib.sha256()
         for path in sorted(self.files):
             digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+            digest.update(read_bytes(path))
         return digest.hexdigest()[:16]
 
 
-def load_trait(folder: Path, name: str) -> TraitDataset:
+def load_trait(folder: Path, name: str, root: Path | None = None) -> TraitDataset:
     """Read one trait folder; every problem is a SpecError naming the file and line.
 
     Keys we do not know in upstream's own files (steering.json, jsonl rows) are warnings, never
-    errors: that format evolves upstream. `trait.yaml` is ours and stays strict.
+    errors: that format evolves upstream. `trait.yaml` is ours and stays strict. Every file must
+    resolve inside `root` (the project root; default: the trait folder itself) and be a regular
+    file of bounded size.
     """
+    root = root if root is not None else folder
     files: list[Path] = []
     warnings: list[SpecWarning] = []
     config = TraitConfig()
@@ -99,7 +102,7 @@ def load_trait(folder: Path, name: str) -> TraitDataset:
         from traitflow.specs.loader import validate_located
         from traitflow.specs.yaml_lines import load_yaml
 
-        config = validate_located(TraitConfig, load_yaml(config_path))
+        config = validate_located(TraitConfig, load_yaml(config_path, root))
         files.append(config_path)
 
     sides: dict[str, list[Scenario]] = {}
@@ -107,10 +110,10 @@ def load_trait(folder: Path, name: str) -> TraitDataset:
     for side in SCENARIO_SIDES:
         jsonl, txt = folder / f"{side}.jsonl", folder / f"{side}.txt"
         if jsonl.exists():
-            sides[side], kinds[side] = _read_jsonl(jsonl, warnings), "jsonl"
+            sides[side], kinds[side] = _read_jsonl(jsonl, warnings, root), "jsonl"
             files.append(jsonl)
         elif txt.exists():
-            sides[side], kinds[side] = _read_txt(txt), "txt"
+            sides[side], kinds[side] = _read_txt(txt, root), "txt"
             files.append(txt)
         else:
             raise SpecError(folder, f"missing {side}.jsonl or {side}.txt", field=name)
@@ -134,13 +137,13 @@ def load_trait(folder: Path, name: str) -> TraitDataset:
     definition_path = folder / "definition.txt"
     definition = config.description or ""  # trait.yaml's description is the rubric when there is no definition.txt
     if definition_path.exists():
-        definition = definition_path.read_text(encoding="utf-8").strip()
+        definition = read_text(definition_path, root).strip()
         files.append(definition_path)
 
     steering = None
     steering_path = folder / "steering.json"
     if steering_path.exists():
-        steering = _read_steering(steering_path, warnings)
+        steering = _read_steering(steering_path, warnings, root)
         files.append(steering_path)
 
     return TraitDataset(
@@ -168,22 +171,19 @@ def min_scenarios(val_split: float) -> int:
     return n
 
 
-def _read_txt(path: Path) -> list[Scenario]:
-    return [Scenario(prompt=line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _read_txt(path: Path, root: Path) -> list[Scenario]:
+    return [Scenario(prompt=line.strip()) for line in read_text(path, root).splitlines() if line.strip()]
 
 
 JSONL_KEYS = ("prompt", "system_prompt")
 
 
-def _read_jsonl(path: Path, warnings: list[SpecWarning]) -> list[Scenario]:
+def _read_jsonl(path: Path, warnings: list[SpecWarning], root: Path) -> list[Scenario]:
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, root).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SpecError(path, f"invalid JSON ({exc.msg})", line=number) from None
+        item = parse_json(line, path, line=number)
         if not isinstance(item, dict):
             raise SpecError(path, "expected an object {\"prompt\": ..., \"system_prompt\"?: ...}", line=number)
         prompt = item.get("prompt")
@@ -210,12 +210,9 @@ STEERING_KEYS = ("questions", "direction", "eval_prompt", "adversarial_prefix")
 QUESTION_KEYS = ("question", "high_trait", "low_trait")
 
 
-def _read_steering(path: Path, warnings: list[SpecWarning]) -> SteeringConfig:
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(path, f"invalid JSON ({exc.msg})", line=exc.lineno) from None
+def _read_steering(path: Path, warnings: list[SpecWarning], root: Path) -> SteeringConfig:
+    text = read_text(path, root)
+    data = parse_json(text, path)
     if not isinstance(data, dict):
         raise SpecError(path, "expected an object with `questions`", line=1)
 
@@ -273,4 +270,5 @@ def _read_steering(path: Path, warnings: list[SpecWarning]) -> SteeringConfig:
 
 def trait_versions(traits_dir: Path, names: list[str]) -> dict[str, str]:
     """Content hash per trait: the data version of each `trait_datasets` partition."""
-    return {name: load_trait(traits_dir / name, name).content_hash() for name in names}
+    root = traits_dir.parent.parent  # <root>/datasets/traits
+    return {name: load_trait(traits_dir / name, name, root).content_hash() for name in names}

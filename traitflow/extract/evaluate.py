@@ -1,8 +1,23 @@
-"""Held-out evaluation of trait vectors and the rule that picks the best one."""
+"""Held-out evaluation of trait vectors and the rule that picks the best one.
 
+In memory, an undefined AUROC or Cohen's d is NaN (and d is ±inf when neither side varies but their
+means differ). JSON has no such numbers: a row stores ``null`` and ``<name>_reason`` (one of
+:data:`UNDEFINED`), and :meth:`VectorScore.from_dict` restores the float, so ranking is the same
+before and after a round trip.
+"""
+
+import math
 from dataclasses import asdict, dataclass
 
 import torch
+
+# Why a held-out metric has no finite value, keyed by the float it has in memory.
+UNDEFINED = {
+    "auroc": {"nan": "no held-out example on one side"},
+    "cohens_d": {"nan": "fewer than 2 held-out examples on a side",
+                 "inf": "unbounded: neither side varies, positives project higher",
+                 "-inf": "unbounded: neither side varies, negatives project higher"},
+}
 
 
 @dataclass(frozen=True)
@@ -25,11 +40,20 @@ class VectorScore:
         return 0.5 * self.val_accuracy + 0.5 * min(1.0, max(0.0, d / 4.0))
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "combined": self.combined}
+        """JSON-ready: an undefined metric is ``None`` with a ``<name>_reason``."""
+        row = {**asdict(self), "combined": self.combined}
+        for name, reasons in UNDEFINED.items():
+            if not math.isfinite(row[name]):
+                row[name], row[f"{name}_reason"] = None, reasons[str(row[name])]
+        return row
 
     @classmethod
     def from_dict(cls, row: dict) -> "VectorScore":
-        return cls(**{k: v for k, v in row.items() if k != "combined"})
+        fields = {k: v for k, v in row.items() if k != "combined" and not k.endswith("_reason")}
+        for name, reasons in UNDEFINED.items():
+            if fields.get(name) is None:
+                fields[name] = next((float(k) for k, r in reasons.items() if r == row.get(f"{name}_reason")), math.nan)
+        return cls(**fields)
 
 
 def auroc(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> float:

@@ -70,6 +70,19 @@ class Position:
             return offset + start, offset + start
         return offset + start, offset + stop
 
+    def can_hold_a_token(self, max_response_len: int) -> bool:
+        """Whether some prompt (of any length) and some response of 1 to `max_response_len` tokens
+        (the generation budget) give this position a non-empty window. `response[:0]`,
+        `prompt[3:1]` or `response[20]` with 16 new tokens never do: validation catches them."""
+        # Past the largest bound written in the position, a longer prompt changes nothing.
+        longest = max((abs(v) for v in (self.start, self.stop, self.index) if v is not None), default=0) + 2
+        for response_len in range(1, max_response_len + 1):
+            for prompt_len in (range(1, longest + 1) if self.frame != "response" else (1,)):
+                start, stop = self.window(prompt_len, response_len)
+                if stop > start:
+                    return True
+        return False
+
     @property
     def slug(self) -> str:
         """A filesystem-safe name: ``response[:5]`` -> ``response_0_5``, ``prompt[-1]`` ->

@@ -18,7 +18,8 @@ def generate_trait_responses(loaded: Any, trait: TraitDataset, max_new_tokens: i
         for index, scenario in enumerate(getattr(trait, side)):
             items.append({"side": side, "index": index, "prompt": scenario.prompt, "system_prompt": scenario.system_prompt})
     prompts = [prompt_ids(loaded, it["prompt"], it["system_prompt"]) for it in items]
-    generations = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    names = [f"trait {trait.name}, {it['side']} scenario {it['index']}" for it in items]
+    generations = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, names=names)
     for item, gen in zip(items, generations, strict=True):
         item.update(prompt_ids=gen.prompt_ids, response_ids=gen.response_ids, response=gen.text)
     return {

@@ -57,6 +57,7 @@ def vet_responses(responses: dict, trait: TraitDataset, spec: VettingSpec, judge
                     adaptive[text] = f"response[:{estimated}]"
 
     return {"trait": trait.name, "variant": responses["variant"], "enabled": True, "judge": judge.model,
+            "judge_endpoint": getattr(judge, "endpoint", "") or None,
             "thresholds": {"positive": spec.pos_threshold, "negative": spec.neg_threshold},
             "paired_filter": spec.paired_filter, "estimated_window": estimated, "adaptive_positions": adaptive,
             "items": verdicts, "summary": _summary(verdicts)}

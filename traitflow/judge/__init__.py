@@ -11,7 +11,12 @@ several backends, chosen by ``judge:`` in the experiment (overridable per trait)
 
 Model scores are probability-weighted means over the first reply token's top-20
 log-probabilities (:mod:`traitflow.judge.base`), the prompts are in :mod:`traitflow.judge.prompts`,
-and replies are cached in SQLite (:mod:`traitflow.judge.cache`).
+and replies are cached in SQLite (:mod:`traitflow.judge.cache`), keyed by the endpoint too.
+
+A batch that fails (every request, more than ``max_failure_rate`` of them, or past
+``deadline_s``) raises a one-line :class:`~traitflow.errors.TraitflowError`; the rule is in
+:mod:`traitflow.judge.llm`. URL secrets never reach a message, a log or the cache: anything that
+writes an endpoint passes it through :func:`redact_url` (free text through :func:`redact`).
 
 Example:
     >>> from traitflow.judge import make_judge, trait_request, coherence_request
@@ -30,6 +35,10 @@ from traitflow.judge.base import (
     JudgeRequest,
     JudgeScore,
     JudgeStats,
+    MalformedReply,
+    endpoint_identity,
+    redact,
+    redact_url,
     score_from_logprobs,
     score_from_text,
 )
@@ -57,12 +66,16 @@ __all__ = [
     "JudgeStats",
     "KeywordJudge",
     "KeywordsBackend",
+    "MalformedReply",
     "cache_key",
     "coherence_request",
+    "endpoint_identity",
     "first_words",
     "judge_spec_for",
     "make_judge",
     "position_request",
+    "redact",
+    "redact_url",
     "score_from_logprobs",
     "score_from_text",
     "trait_request",

@@ -1,7 +1,7 @@
 """Choose a judge backend from a :class:`~traitflow.specs.models.JudgeSpec`.
 
-``judge:`` in an experiment picks the backend; a trait's ``trait.yaml`` may override it
-(:func:`judge_spec_for`):
+``judge:`` in an experiment picks the backend; a trait's ``trait.yaml`` may pick another of the
+experiment's ``judges:`` by name (:func:`judge_spec_for`), never an endpoint of its own:
 
 - ``keywords``: :class:`KeywordsBackend`, the toy judge (no model, no network, no cache).
 - ``local:<variant>``: :class:`~traitflow.judge.local.LocalJudge`, a variant of the experiment.
@@ -22,14 +22,15 @@ from traitflow.errors import TraitflowError
 from traitflow.judge.base import Judge, JudgeRequest, JudgeScore, JudgeStats
 from traitflow.judge.keywords import KeywordJudge, count_keywords, words
 from traitflow.judge.prompts import VETTING_WORDS
-from traitflow.specs.models import JudgeSpec, Keywords
+from traitflow.specs.models import ExperimentSpec, JudgeSpec, Keywords
 
 __all__ = ["KeywordsBackend", "first_pole_word", "judge_spec_for", "make_judge"]
 
 
-def judge_spec_for(default: JudgeSpec, trait: TraitDataset) -> JudgeSpec:
-    """The judge for ``trait``: its ``trait.yaml`` ``judge:`` when set, else the experiment's."""
-    return trait.config.judge or default
+def judge_spec_for(experiment: "ExperimentSpec", trait: TraitDataset) -> JudgeSpec:
+    """The judge for ``trait``: the experiment's judge its ``trait.yaml`` names (``judge: <name>``
+    from the experiment's ``judges:``), else the experiment's ``judge``. Validation has checked the name."""
+    return experiment.judges[trait.config.judge] if trait.config.judge else experiment.judge
 
 
 class KeywordsBackend:

@@ -13,8 +13,12 @@ call misses the cache, so a fully cached re-score loads nothing. Forward passes 
 are serialised by a lock and run off the event loop.
 
 A small model's first reply token is often not a number; such replies have little mass on
-integers and score ``None``, and the mass is reported so the None rate shows why. A tokenizer
-that splits numbers into single digits ("7", "0") can only express 0-9 in one token.
+integers and score ``None``, and the mass is reported so the None rate shows why. So unlike a
+remote judge, a local batch in which no reply held a number is not an error: it is what the
+experiment's own variant answers. Failures (a forward pass that raises, impossible
+log-probabilities) and ``deadline_s`` work as for a remote judge; the endpoint is the process
+itself (``endpoint`` is ``""``). A tokenizer that splits numbers into single digits ("7", "0")
+can only express 0-9 in one token.
 
 Example:
     >>> judge = LocalJudge(JudgeSpec(model="local:chat"), cache, "chat", lambda v: MODEL_CACHE.get(specs[v], root))
@@ -135,6 +139,9 @@ class LocalJudge(LiteLLMJudge):
         self._loaded: Any = None
         self._load_lock = threading.Lock()
         super().__init__(spec, cache, model=f"local:{variant}", litellm_model=f"{PROVIDER}/{self._name}")
+        self.endpoint, self._where, self._secrets = "", "", []  # in-process: no endpoint, nothing secret
+
+    numberless_batch_fails = False  # a small variant answering no number is a judgement (see the module docstring)
 
     def check(self) -> None:
         if self._checked:
@@ -152,9 +159,6 @@ class LocalJudge(LiteLLMJudge):
             self._loaded = loaded
             with _REGISTRY_LOCK:
                 _REGISTRY[self._name] = (loaded, threading.Lock())
-
-    def _all_failed(self, kind: str, message: str) -> str:
-        return f"judge local:{self.variant} failed on every request: {message}"
 
     def close(self) -> None:
         with _REGISTRY_LOCK:

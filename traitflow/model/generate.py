@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from traitflow.errors import TraitflowError
 from traitflow.model.hooks import left_pad_batch, model_lock
 
-__all__ = ["Generation", "generate"]
+__all__ = ["Generation", "check_context", "context_length", "generate"]
 
 
 @dataclass
@@ -34,6 +35,36 @@ def _cut(ids: list[int], eos: set[int]) -> list[int]:
     return ids
 
 
+def context_length(loaded: Any) -> int | None:
+    """The model's context in tokens: ``config.max_position_embeddings`` (of the text config for
+    multimodal models), else the tokenizer's ``model_max_length``; None when neither is set."""
+    config = getattr(loaded.model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (text, config):
+        value = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(loaded.tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def check_context(loaded: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                  names: Sequence[str] | None = None) -> None:
+    """A one-line TraitflowError naming the first prompt whose tokens plus ``max_new_tokens`` do not fit
+    the model's context (:func:`context_length`): called before generating, instead of a crash in torch.
+
+    ``names`` says what each prompt is (e.g. ``trait t, positive scenario 3``); default ``prompt <i>``.
+    """
+    limit = context_length(loaded)
+    if limit is None:
+        return
+    for i, ids in enumerate(prompts):
+        if len(ids) + max_new_tokens > limit:
+            name = names[i] if names is not None else f"prompt {i}"
+            raise TraitflowError(f"{name}: {len(ids)} prompt tokens + max_new_tokens {max_new_tokens} exceed the context of "
+                                 f"model {loaded.spec.name} ({limit} tokens); shorten the prompt or lower max_new_tokens")
+
+
 def generate(
     loaded: Any,
     prompts: Sequence[Sequence[int]],
@@ -44,6 +75,7 @@ def generate(
     temperature: float | None = None,
     top_p: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Generation]:
     """Generate a response for each prompt (token ids).
 
@@ -57,6 +89,8 @@ def generate(
             ``seed`` and batch layout; the global RNG state is left untouched.
         seed: random seed for sampling.
         progress: called as ``progress(done, total)`` after each batch.
+        names: what each prompt is, for the error when one does not fit the model's context
+            (:func:`check_context`, run before anything is generated).
 
     Returns:
         One :class:`Generation` per prompt, in input order.
@@ -74,6 +108,7 @@ def generate(
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} has no tokens")
+    check_context(loaded, prompts, max_new_tokens, names)
 
     tokenizer = loaded.tokenizer
     eos_ids = loaded.eos_token_ids

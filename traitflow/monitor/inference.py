@@ -1,7 +1,6 @@
 """Responses to a prompt set, kept as exact token ids for per-token monitoring: generated, imported
 from a file, or replayed from another variant."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ def generate_inference_responses(loaded: Any, prompt_set: PromptSet, max_new_tok
     prompts = [prompt_ids(loaded, p.text, p.system_prompt) for p in prompt_set.prompts]
     sampling = {} if sample is None else {"do_sample": True, "seed": sample.seed, "temperature": sample.temperature,
                                           "top_p": sample.top_p}
-    generations = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, **sampling)
+    names = [f"prompt set {prompt_set.name}, prompt {p.id!r}" for p in prompt_set.prompts]
+    generations = generate(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, names=names, **sampling)
     items = [
         {"id": p.id, "prompt": p.text, "system_prompt": p.system_prompt, "prompt_ids": g.prompt_ids,
          "response_ids": g.response_ids, "response": g.text}
@@ -35,16 +35,14 @@ def replay_responses(loaded: Any, source: dict) -> dict:
             "mode": "replay", "replayed_from": source["variant"], "items": items}
 
 
-def import_responses(loaded: Any, prompt_set: PromptSet, path: Path) -> dict:
+def import_responses(loaded: Any, prompt_set: PromptSet, path: Path, root: Path | None = None) -> dict:
     """Externally produced responses: `[{"id", "response", "response_ids"?}]` or `{"items": [...]}`, matched to
     the prompt set by id. Token ids are used when the file has them; otherwise the text is tokenised once
     (recorded as `tokenized_from_text`)."""
+    from traitflow.data.files import parse_json, read_text
     from traitflow.model.chat import prompt_ids
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SpecError(path, f"invalid JSON ({exc.msg})", line=exc.lineno) from None
+    data = parse_json(read_text(path, root if root is not None else path.parent), path)  # inside the project root
     rows = data.get("items", data.get("responses")) if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise SpecError(path, "expected a list of {id, response} or {\"items\": [...]}")

@@ -109,6 +109,7 @@ TRAIT_OVERRIDES: dict[str, tuple[str, ...]] = {
     "extraction.methods": ("methods",),
     "extraction.layers": ("layers",),
     "steering.layers": ("layers",),
+    "judge": ("judge",),
 }
 EXTRACTION_ASSETS = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens")
 # Assets that read vectors, by the stage whose `vectors_from` they follow.
@@ -119,13 +120,13 @@ ASSET_STAGE = {"steering": "steering", "cma_es": "steering", "best_vector": "ste
 # Which spec fields each asset reads, and which assets feed it (for chained code versions).
 ASSET_SPEC_FIELDS: dict[str, list[str]] = {
     "responses": ["extraction.max_new_tokens"],
-    "vetting": ["judge", "extraction.vetting"],
+    "vetting": ["judge", "judges", "extraction.vetting"],
     "activations": ["extraction.position", "extraction.component", "extraction.layers"],
     "vectors": ["extraction.methods", "extraction.val_split", "extraction.seed", "extraction.clean_massive_dims"],
     "extraction_eval": ["extraction.min_val_accuracy"],
     "logit_lens": ["logit_lens"],
     "steering": ["steering.layers", "steering.position", "steering.method", "steering.search", "steering.system_prompt",
-                 "steering.strip_prefix", "steering.coefficients", "judge"],
+                 "steering.strip_prefix", "steering.coefficients", "judge", "judges"],
     "cma_es": ["steering.cma_es", "steering.search.min_coherence"],
     "best_vector": ["steering.min_delta", "steering.cma_es.enabled"],
     "inference_responses": ["inference.max_new_tokens", "inference.sample", "inference.replay", "inference.import_responses"],
@@ -175,6 +176,8 @@ class Project:
 def _dump(value: Any) -> Any:
     if isinstance(value, list):
         return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
@@ -259,7 +262,7 @@ def _message(err: dict) -> str:
 def safe_relative(root: Path, text: str, file: Path, line: int | None, field_name: str) -> Path:
     """A path relative to the root that must stay inside it (no absolute paths, `..`, symlinks out)."""
     candidate = Path(text)
-    if candidate.is_absolute() or ".." in candidate.parts:
+    if candidate.is_absolute() or ".." in candidate.parts or text.startswith("~"):
         raise SpecError(file, f"path {text!r} must be relative to the project root, without '..'", line=line, field=field_name)
     resolved = (root / candidate).resolve()
     if resolved != root.resolve() and root.resolve() not in resolved.parents:
@@ -273,7 +276,7 @@ def _model_reference_error(root: Path, spec: ModelSpec, file: Path, line: int | 
         value = getattr(spec, key)
         if not value:
             continue
-        looks_local = value.startswith((".", "/")) or ".." in Path(value).parts or (root / value).exists()
+        looks_local = value.startswith((".", "/", "~")) or ".." in Path(value).parts or (root / value).exists()
         if not looks_local:
             continue  # a hub id such as Qwen/Qwen2.5-0.5B-Instruct
         try:
@@ -287,6 +290,21 @@ def _model_reference_error(root: Path, spec: ModelSpec, file: Path, line: int | 
 
 # --------------------------------------------------------------------------- discovery
 GLOB_CHARS = set("*?[")
+# Dagster refuses these in partition keys ("|" also joins multi-partition keys); a trait folder or
+# prompt-set name becomes a partition key, so they are validation errors naming the folder.
+PARTITION_KEY_CHARS = set("|,[]")
+
+
+def partition_key_problem(name: str) -> str | None:
+    """Why `name` cannot be a Dagster partition key (and so a trait or prompt-set name), or None."""
+    bad = sorted(PARTITION_KEY_CHARS & set(name))
+    if bad:
+        return f"name {name!r} contains {' '.join(bad)}, which a Dagster partition key cannot; rename the folder"
+    if "..." in name or any(ord(c) < 32 or c == "\x7f" for c in name):
+        return f"name {name!r} contains '...' or a control character, which a Dagster partition key cannot"
+    if name != name.strip() or any(part != part.strip() or not part for part in name.split("/")):
+        return f"name {name!r} has a part that is empty or starts or ends with a space"
+    return None
 
 
 def discover_traits(root: Path) -> tuple[list[str], dict[str, SpecError]]:
@@ -304,7 +322,11 @@ def discover_traits(root: Path) -> tuple[list[str], dict[str, SpecError]]:
         if real in ancestors:
             return  # a symlink back up the tree: a loop
         if any((folder / f"positive.{ext}").is_file() for ext in ("jsonl", "txt")):
-            names.add(folder.relative_to(base).as_posix())
+            name = folder.relative_to(base).as_posix()
+            names.add(name)
+            problem = partition_key_problem(name)
+            if problem:
+                broken[name] = SpecError(folder, problem, field=name)
         for child in sorted(folder.iterdir()):
             if not child.is_dir():
                 continue
@@ -368,7 +390,7 @@ def load_project(root: Path | str, experiments: list[str] | None = None, strict:
     parsed: list[tuple[ExperimentSpec, LocatedYaml]] = []
     for path in sorted((root / EXPERIMENTS_DIR).glob("*.y*ml")):
         file_errors: list[SpecError] = []
-        located = collect(file_errors, load_yaml, path)
+        located = collect(file_errors, load_yaml, path, root)
         spec = collect(file_errors, validate_located, ExperimentSpec, located) if located is not None else None
         if spec is None:
             if not experiments or path.stem in experiments:
@@ -401,7 +423,7 @@ def load_project(root: Path | str, experiments: list[str] | None = None, strict:
     trait_errors: dict[str, list[SpecError]] = {name: [error] for name, error in broken_folders.items()}
     for name in sorted({t for exp, _, _ in resolved for t in exp.traits} - set(broken_folders)):
         found_errors: list[SpecError] = []
-        trait = collect(found_errors, load_trait, root / TRAITS_DIR / name, name)
+        trait = collect(found_errors, load_trait, root / TRAITS_DIR / name, name, root)
         if trait is not None:
             project.traits[name] = trait
             project.warnings.extend(trait.warnings)
@@ -412,7 +434,7 @@ def load_project(root: Path | str, experiments: list[str] | None = None, strict:
     set_errors: dict[str, list[SpecError]] = {}
     for name in sorted({p for exp, _, _ in resolved for p in exp.prompt_sets}):
         found_errors = []
-        prompt_set = collect(found_errors, load_prompt_set, root / INFERENCE_DIR / f"{name}.json", name)
+        prompt_set = collect(found_errors, load_prompt_set, root / INFERENCE_DIR / f"{name}.json", name, root)
         if prompt_set is not None:
             project.prompt_sets[name] = prompt_set
             project.warnings.extend(prompt_set.warnings)
@@ -519,8 +541,8 @@ def _check_trait_for_experiment(trait: TraitDataset, spec: ExperimentSpec, exp_p
                                       field=trait.name))
     config = trait.config
     config_path = trait.folder / "trait.yaml"
-    located = load_yaml(config_path) if config_path.exists() and any(
-        getattr(config, k) is not None for k in ("position", "methods", "layers")) else None
+    located = load_yaml(config_path, trait.folder) if config_path.exists() and any(
+        getattr(config, k) is not None for k in ("position", "methods", "layers", "judge")) else None
 
     def err(key: str, message: str) -> None:
         problems.append(SpecError(config_path, message, line=located.line_of((key,)) if located else None, field=key))
@@ -534,6 +556,10 @@ def _check_trait_for_experiment(trait: TraitDataset, spec: ExperimentSpec, exp_p
                 parse_position(position)
             except TraitflowError as exc:
                 err("position", str(exc))
+                continue
+            problem = empty_window_problem(position, spec.extraction.max_new_tokens)
+            if problem:
+                err("position", problem)
         for section in ("steering", "inference"):
             wanted = getattr(spec, section).position
             if wanted is not None and positions and wanted not in positions and getattr(spec, section).vectors_from is None:
@@ -551,11 +577,14 @@ def _check_trait_for_experiment(trait: TraitDataset, spec: ExperimentSpec, exp_p
             check_layers_syntax(config.layers)
         except TraitflowError as exc:
             err("layers", str(exc))
+    if config.judge is not None and config.judge not in spec.judges:
+        err("judge", f"no judge named {config.judge!r} in {exp_path.name}'s `judges` "
+                     f"(allowed: {', '.join(sorted(spec.judges)) or 'none'})")
     return problems
 
 
 def _load_model_file(root: Path, path: Path) -> ModelSpec:
-    located = load_yaml(path)
+    located = load_yaml(path, root)
     spec = validate_located(ModelSpec, located)
     if not spec.name:
         spec = spec.model_copy(update={"name": path.stem})
@@ -648,11 +677,18 @@ def _resolve_experiment(
     for loc, name in refs:
         if name.startswith("/") or ".." in Path(name).parts:
             err(loc, f"prompt set {name!r} must stay inside datasets/inference")
+        elif partition_key_problem(name):
+            err(loc, partition_key_problem(name))
         elif name not in all_prompt_sets:
             err(loc, f"no prompt set {name!r} (expected datasets/inference/{name}.json)")
         elif name not in prompt_sets:
             prompt_sets.append(name)
 
+    if "://" not in spec.storage.uri:
+        try:  # a folder outside the project goes through --storage / TRAITFLOW_STORAGE, not a spec
+            safe_relative(root, spec.storage.uri, path, located.line_of(("storage", "uri")), "storage.uri")
+        except SpecError as exc:
+            errors.append(exc)
     errors.extend(_check_small_languages(spec, path, located))
     errors.extend(_not_supported_yet(spec, path, located))
     if errors:
@@ -704,4 +740,28 @@ def _check_small_languages(spec: ExperimentSpec, path: Path, located: LocatedYam
             check(value)
         except TraitflowError as exc:
             errors.append(SpecError(path, str(exc), line=located.line_of(loc), field=dotted(loc)))
+    for i, position in enumerate(spec.extraction.positions):
+        problem = empty_window_problem(position, spec.extraction.max_new_tokens)
+        if problem:
+            loc = ("extraction", "position", i) if isinstance(spec.extraction.position, list) else ("extraction", "position")
+            errors.append(SpecError(path, problem, line=located.line_of(loc), field=dotted(loc)))
+    # `local:<variant>` judges must name a variant of this experiment.
+    judges = [(("judge", "model"), spec.judge)] + [(("judges", name, "model"), j) for name, j in spec.judges.items()]
+    for loc, judge in judges:
+        if judge.model.startswith("local:") and judge.model[len("local:"):] not in spec.variants:
+            errors.append(SpecError(path, f"{judge.model!r} names no variant of this experiment "
+                                          f"(variants: {', '.join(spec.variants)})", line=located.line_of(loc), field=dotted(loc)))
     return errors
+
+
+def empty_window_problem(position: str, max_new_tokens: int) -> str | None:
+    """Why a position can never hold a token (at this generation budget), or None."""
+    from traitflow.extract.positions import parse_position
+
+    try:
+        parsed = parse_position(position)
+    except TraitflowError:
+        return None  # the syntax error is reported by itself
+    if parsed.can_hold_a_token(max_new_tokens):
+        return None
+    return f"position {position!r} selects no token for any prompt and any reply of up to {max_new_tokens} tokens"

@@ -66,11 +66,21 @@ class TraitConfig(Strict):
     paired: Literal["auto", True, False] = Field(
         "auto", description="Positive and negative scenarios pair by line (auto: jsonl pairs, txt does not)."
     )
-    judge: JudgeSpec | None = None
+    judge: str | None = Field(
+        None, description="One of the experiment's `judges`, by name. A trait folder is third-party data: it may pick "
+                          "among judges the experiment allows, never set an endpoint or a connection setting.")
     position: str | list[str] | None = Field(None, description="This trait's extraction.position.")
     methods: list[Method] | None = Field(None, description="This trait's extraction.methods.")
     layers: str | int | None = Field(None, description="This trait's extraction.layers and steering.layers.")
     keywords: Keywords | None = None
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_by_name(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise ValueError("a trait folder may not set judge settings (they could choose an endpoint); "
+                             "name one of the experiment's `judges` instead, e.g. `judge: strict`")
+        return value
 
 
 # --------------------------------------------------------------------------- experiment sections
@@ -94,7 +104,7 @@ class ExtractionSpec(Strict):
     variant: str | None = Field(None, description="Variant to extract from (default: the first variant).")
     position: str | list[str] = Field("response[:5]", description="Position DSL, one or a list.")
     component: Component = "residual"
-    methods: list[Method] = Field(default_factory=lambda: ["probe", "mean_diff"])
+    methods: list[Method] = Field(default_factory=lambda: ["probe", "mean_diff"], min_length=1)
     layers: str | int = "all"
     val_split: float = Field(0.2, ge=0.0, lt=1.0)
     max_new_tokens: int = Field(16, ge=1)
@@ -217,6 +227,8 @@ class ExperimentSpec(Strict):
     variants: dict[str, str | ModelSpec] = Field(..., min_length=1)
     traits: list[str] = Field(..., min_length=1, description="Globs over datasets/traits, e.g. toy/*.")
     judge: JudgeSpec = JudgeSpec()
+    judges: dict[str, JudgeSpec] = Field(
+        default_factory=dict, description="Other judges, by name, that a trait may choose in its trait.yaml (`judge: <name>`).")
     extraction: ExtractionSpec = ExtractionSpec()
     logit_lens: LensSpec = LensSpec()
     steering: SteeringSpec = SteeringSpec()

@@ -29,7 +29,7 @@ import torch
 
 from traitflow.data.traits import TraitDataset
 from traitflow.steer.search import Schedule, grid_multipliers, round_multiplier, run_grid, run_search
-from traitflow.store.atomic import atomic_write_text
+from traitflow.store.atomic import atomic_write_text, json_text
 
 
 @dataclass(frozen=True)
@@ -99,17 +99,17 @@ class ResultsLog:
         return entries
 
     def rewrite(self, entries: list[dict]) -> None:
-        atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in entries))
+        atomic_write_text(self.path, "".join(json_text(e) + "\n" for e in entries))
 
     def append(self, entry: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+            handle.write(json_text(entry) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
     def write_responses(self, name: str, responses: list[dict]) -> None:
-        atomic_write_text(self.folder / "responses" / f"{name}.json", json.dumps(responses, indent=1))
+        atomic_write_text(self.folder / "responses" / f"{name}.json", json_text(responses, indent=1))
 
     def read_responses(self, name: str) -> list[dict] | None:
         path = self.folder / "responses" / f"{name}.json"
@@ -146,6 +146,7 @@ def judge_answers(judge: Any, trait: TraitDataset, answers: list[dict], directio
 def steer_and_answer(loaded: Any, setup: SteeringSetup, todo: dict[int | None, float | None]) -> dict[str, list[dict]]:
     """Answers of every configuration in one batched generation ({layer: multiplier}; None = baseline)."""
     from traitflow.model.chat import prompt_ids
+    from traitflow.model.generate import check_context
     from traitflow.steer.generate import steered_generate
     from traitflow.steer.interventions import Steer
 
@@ -158,6 +159,8 @@ def steer_and_answer(loaded: Any, setup: SteeringSetup, todo: dict[int | None, f
             configs.append((Steer(vector=setup.vectors[layer], layer=layer, coefficient=coefficient, positions="response"),))
         names.append(config_name(layer, multiplier))
     prompts = [prompt_ids(loaded, q, setup.system_prompt) for q in setup.questions]
+    check_context(loaded, prompts, setup.max_new_tokens,
+                  [f"trait {setup.trait.name}, steering question {i}" for i in range(len(prompts))])
     all_prompts = [p for _ in configs for p in prompts]
     config_of_prompt = [i for i in range(len(configs)) for _ in prompts]
     generations = steered_generate(loaded, all_prompts, configs, config_of_prompt, setup.max_new_tokens, setup.batch_size)
@@ -239,7 +242,8 @@ def judge_identity(judge: Any, trait: TraitDataset) -> str:
     """What the scores depend on besides the answers: the judge, the rubric and the eval prompt.
     When only this changes, stored answers are re-scored rather than generated again."""
     rubric = hashlib.sha256(f"{trait.definition}\0{trait.steering.eval_prompt if trait.steering else ''}".encode()).hexdigest()[:8]
-    return f"{getattr(judge, 'model', '?')}#{rubric}"
+    endpoint = getattr(judge, "endpoint", "")  # secrets already masked; another server's scores differ
+    return f"{getattr(judge, 'model', '?')}{'@' + endpoint if endpoint else ''}#{rubric}"
 
 
 def _rescore(results: ResultsLog, entries: list[dict], judge: Any, setup: SteeringSetup, judge_key: str,
@@ -287,5 +291,5 @@ def write_summary(results: ResultsLog, baseline: dict, min_coherence: float, dir
                "runs": len(runs), "min_coherence": min_coherence}
     if search is not None:
         summary["search"] = search
-    atomic_write_text(results.folder / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(results.folder / "summary.json", json_text(summary, indent=1))
     return summary

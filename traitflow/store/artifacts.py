@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from traitflow.errors import TraitflowError
-from traitflow.store.atomic import atomic_write_bytes
+from traitflow.store.atomic import atomic_write_bytes, json_text
 
 PartitionKey = tuple[str, ...]
 
@@ -46,7 +46,8 @@ class ArtifactStore:
 
     # JSON ---------------------------------------------------------------------------------
     def write_json(self, path: Path, value: Any) -> str:
-        return self.write_bytes(path, json.dumps(value, indent=1, ensure_ascii=False).encode("utf-8"))
+        """Strict JSON (non-finite floats written as null; see `atomic.json_text`)."""
+        return self.write_bytes(path, json_text(value, indent=1, ensure_ascii=False).encode("utf-8"))
 
     def read_json(self, path: Path) -> Any:
         return json.loads(self.read_bytes(path))
@@ -55,7 +56,7 @@ class ArtifactStore:
     def write_tensors(self, path: Path, tensors: dict, metadata: dict[str, Any]) -> str:
         from safetensors.torch import save
 
-        text_meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+        text_meta = {k: v if isinstance(v, str) else json_text(v) for k, v in metadata.items()}
         contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         return self.write_bytes(path, save(contiguous, metadata=text_meta))
 

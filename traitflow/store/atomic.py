@@ -1,8 +1,17 @@
-"""Atomic file writes: write a temp file in the same folder, fsync, then rename over the target."""
+"""Atomic file writes: write a temp file in the same folder, fsync, then rename over the target.
 
+JSON is written strictly: Python's ``json`` writes ``NaN``/``Infinity`` by default, which are not
+JSON, so :func:`json_text` turns every non-finite float into ``null`` first and then encodes with
+``allow_nan=False``. Where a metric is undefined on purpose, its producer writes ``null`` and a
+sibling ``<name>_reason``; this is the net under everything else.
+"""
+
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -28,3 +37,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or ±Infinity float (in dicts, lists and tuples, at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``value``: non-finite floats become ``null``; never a ``NaN``/``Infinity`` token."""
+    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
