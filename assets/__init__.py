@@ -5,6 +5,7 @@ group = experiment name), with partitions from the specs, plus the shared resour
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,12 @@ from assets.sources import dataset_change_sensor, observe_jobs, prompt_source, t
 from assets.steering import build_steering_assets
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.specs.loader import Experiment, Project
+
+# The partition mappings and pools these factories use are marked beta in dagster 1.13; the
+# warnings repeat on every definitions load (each `dagster` command, each code-server start) and
+# say nothing a user can act on.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def build_experiment(project: Project, exp: Experiment) -> tuple[list, list, list]:

@@ -7,11 +7,25 @@ import dagster as dg
 
 from assets.partitions import split_key
 from resources import ArtifactStoreResource, ModelResource
+from traitflow.graph import row
 from traitflow.pipeline import Check, Markdown, StageContext
 from traitflow.specs.loader import Experiment, Project
 from traitflow.store.locks import partition_lock
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+def table_args(exp: Experiment, name: str) -> dict:
+    """The @dg.asset arguments an asset's row in the asset table gives (traitflow.graph): key,
+    group, kinds, description, code version, stage tag, the GPU pool for model work, and a
+    single-run backfill policy (many partitions, one model load)."""
+    spec_row = row(name)
+    args = dict(name=name, key_prefix=[exp.name], group_name=exp.name, backfill_policy=SINGLE_RUN, kinds=set(spec_row.kinds),
+                description=spec_row.description, code_version=exp.code_version(name),
+                tags={"traitflow/stage": spec_row.stage, "traitflow/experiment": exp.name})
+    if spec_row.gpu:
+        args["pool"] = GPU_POOL
+    return args
 
 
 @dataclass(frozen=True)

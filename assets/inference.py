@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.common import GPU_POOL, SINGLE_RUN, VectorAssets, for_each_partition, stage_context
+from assets.common import VectorAssets, for_each_partition, stage_context, table_args
 from assets.partitions import prompt_set_variant
 from resources import ArtifactStoreResource, ModelResource
 from traitflow import pipeline
@@ -15,38 +15,24 @@ def build_inference_assets(
     partitions = prompt_set_variant(exp)
     if partitions is None:
         return []
-    common = dict(key_prefix=[exp.name], group_name=exp.name, partitions_def=partitions, backfill_policy=SINGLE_RUN,
-                  tags={"traitflow/stage": "inference", "traitflow/experiment": exp.name})
     to_set = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="prompt_set")
 
-    @dg.asset(
-        name="inference_responses", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
-        deps=[dg.AssetDep(prompt_source, partition_mapping=to_set)],
-        code_version=exp.code_version("inference_responses"),
-        description="Each variant's replies to the prompt set, with exact token ids.",
-    )
+    @dg.asset(**table_args(exp, "inference_responses"), partitions_def=partitions,
+              deps=[dg.AssetDep(prompt_source, partition_mapping=to_set)])
     def inference_responses(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, pipeline.run_inference_responses, stage_context(context, project, exp, model, storage))
 
     every = dg.AllPartitionMapping()
 
-    @dg.asset(
-        name="calibration", key_prefix=[exp.name], group_name=exp.name,
-        partitions_def=dg.StaticPartitionsDefinition(list(exp.variants)), backfill_policy=SINGLE_RUN, pool=GPU_POOL,
-        kinds={"pytorch", "json"}, tags={"traitflow/stage": "calibration", "traitflow/experiment": exp.name},
-        code_version=exp.code_version("calibration"),
-        description="Massive activation dims and mean norms per layer and component, on traitflow's neutral prompts.",
-    )
+    @dg.asset(**table_args(exp, "calibration"), partitions_def=dg.StaticPartitionsDefinition(list(exp.variants)))
     def calibration(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, pipeline.run_calibration, stage_context(context, project, exp, model, storage),
                                   dimension="variant")
 
     @dg.asset(
-        name="projections", **common, pool=GPU_POOL, kinds={"pytorch", "json"},
+        **table_args(exp, "projections"), partitions_def=partitions,
         deps=[inference_responses, dg.AssetDep(source.vectors, partition_mapping=every), dg.AssetDep(source.extraction_eval, partition_mapping=every),
               dg.AssetDep(calibration, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant"))],
-        code_version=exp.code_version("projections"),
-        description="Per-token projections (h·v̂ and ‖h‖) of every response onto every trait's vector.",
     )
     def projections(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, pipeline.run_projections, stage_context(context, project, exp, model, storage))
@@ -56,13 +42,9 @@ def build_inference_assets(
         return [calibration, inference_responses, projections]
 
     @dg.asset(
-        name="variant_diff", key_prefix=[exp.name], group_name=exp.name,
-        partitions_def=dg.StaticPartitionsDefinition(comparisons), backfill_policy=SINGLE_RUN, pool=GPU_POOL,
-        kinds={"pytorch", "json"}, tags={"traitflow/stage": "comparison", "traitflow/experiment": exp.name},
+        **table_args(exp, "variant_diff"), partitions_def=dg.StaticPartitionsDefinition(comparisons),
         deps=[dg.AssetDep(inference_responses, partition_mapping=every), dg.AssetDep(source.vectors, partition_mapping=every),
               dg.AssetDep(source.extraction_eval, partition_mapping=every)],
-        code_version=exp.code_version("variant_diff"),
-        description="A's responses replayed through A and B: Cohen's d, cosine and per-token/clause deltas per trait x layer.",
     )
     def variant_diff(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, pipeline.run_variant_diff, stage_context(context, project, exp, model, storage),

@@ -26,21 +26,15 @@ import time
 import dagster as dg
 
 from assets import build_defs
-from assets.sources import observe_jobs
+from assets.common import GPU_POOL
+from assets.freshness import Freshness
+from assets.sources import current_versions, observe_jobs, observed_already
 from resources.progress import progress_logger
 from traitflow.errors import TraitflowError
+from traitflow.graph import STAGES  # stage -> assets, in order: the asset table's
 from traitflow.specs.loader import Project
 from traitflow.store.locks import process_alive, process_start
 
-STAGES = {
-    "generation": ["responses", "vetting"],
-    "extraction": ["activations", "vectors", "extraction_eval", "logit_lens"],
-    "steering": ["steering", "cma_es"],
-    "selection": ["best_vector"],
-    "calibration": ["calibration"],
-    "inference": ["inference_responses", "projections"],
-    "comparison": ["variant_diff"],
-}
 # `--stages extraction` means the whole extraction chain, generation included.
 ALIASES = {"extraction": ["generation", "extraction"]}
 
@@ -80,7 +74,9 @@ def _contiguous_ranges(all_keys: list[str], wanted: set[str]) -> list[tuple[str,
 
 
 def run_experiment(project: Project, experiment: str, stages: list[str], trait_glob: str = "*",
-                   instance: dg.DagsterInstance | None = None) -> str:
+                   instance: dg.DagsterInstance | None = None, force: bool = False) -> str:
+    """Materialize the selected stages. Only partitions that are missing or stale (or downstream of
+    one that re-runs) are materialized, unless `force`; what was skipped is printed."""
     exp = project.experiments[experiment]
     names = _asset_names(stages)
     defs = build_defs(project, loggers={"progress": progress_logger})
@@ -99,16 +95,23 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
         instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
     for line in fail_orphaned_runs(instance):
         print(line, flush=True)
+    configure_gpu_pool(instance)
     process_tags = run_process_tags()
     asset_job = defs.resolve_implicit_global_asset_job_def()
     done: list[str] = []
     started = time.monotonic()
     # Record the datasets' content hashes first, so later edits show as stale partitions.
+    versions = current_versions(project, exp)
     for job in observe_jobs(exp, [a for a in all_assets if isinstance(a, dg.SourceAsset) and a.key.path[0] == experiment]):
+        source = defs.resolve_job_def(job.name).asset_layer.executable_asset_keys
+        if all(observed_already(instance, key, versions[key.path[-1]]) for key in source):
+            continue  # no dataset file changed since the last observation
         observed = defs.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False,
                                                                      run_config=PROGRESS, tags=process_tags)
         if not observed.success:
             raise TraitflowError(f"observing the datasets of {experiment} failed (run {observed.run_id})")
+    freshness = None if force else Freshness(defs, instance)
+    skipped: list[int] = []  # up-to-date partitions left alone, per asset
     for stage, members in STAGES.items():
         selected = [n for n in members if n in names and n in by_name]
         if not selected:
@@ -125,26 +128,29 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
                 wanted = {k for k in wanted if _trait_of(partitions_def, k) not in failed}
         else:
             wanted = set(keys)
-        for start, end in _contiguous_ranges(keys, wanted):
-            label = start if start == end else f"{start} … {end}"
-            print(f"[{time.monotonic() - started:6.1f}s] {experiment}: {', '.join(selected)} for {label}", flush=True)
-            tags = ({"dagster/partition": start} if start == end else
-                    {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})
-            result = asset_job.execute_in_process(
-                asset_selection=[dg.AssetKey([experiment, n]) for n in selected],
-                instance=instance,
-                tags={**tags, **process_tags},
-                raise_on_error=False,
-                run_config=PROGRESS,
-            )
-            if not result.success:
-                if _only_blocking_checks_failed(result):
-                    # e.g. vetting's min_per_side: the assets are stored; the next stage skips those traits.
-                    print(f"  a blocking asset check failed in run {result.run_id}; see the checks in Dagster", flush=True)
-                else:
-                    raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}): {_failure(result)}")
-            done.append(f"{stage}: {label}")
-    return f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s: " + "; ".join(done)
+        # Per asset, the partitions to materialize; consecutive assets wanting the same ones share a run.
+        batches: list[tuple[list[str], set[str]]] = []
+        for name in selected:
+            todo = set(wanted)
+            if freshness is not None:
+                key = dg.AssetKey([experiment, name])
+                todo = {k for k in wanted if freshness.reason(key, k)}
+                for k in todo:
+                    freshness.schedule(key, k)
+                if len(todo) < len(wanted):
+                    skipped.append(len(wanted) - len(todo))
+                    print(f"[{time.monotonic() - started:6.1f}s] {experiment}: {name} up to date for "
+                          f"{len(wanted) - len(todo)} partition(s), skipped (--force re-does them)", flush=True)
+            if batches and batches[-1][1] == todo:
+                batches[-1][0].append(name)
+            else:
+                batches.append(([name], todo))
+        for batch, todo in batches:
+            for start, end in _contiguous_ranges(keys, todo):
+                done.append(_materialize(asset_job, instance, experiment, stage, batch, start, end, process_tags, started))
+    summary = f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s"
+    summary += (": " + "; ".join(done)) if done else " (everything selected is up to date)"
+    return summary + (f"; {sum(skipped)} up-to-date partition(s) skipped" if skipped else "")
 
 
 TAG_HOST, TAG_PID, TAG_PID_START = "traitflow/host", "traitflow/pid", "traitflow/pid_start"
@@ -176,6 +182,8 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
             continue
         instance.report_run_failed(current, message=f"process {pid} on {host} that executed this run no longer exists "
                                                      "(killed?); marked failed by the next `traitflow run`")
+        # A killed step still holds its `gpu` pool slot; with one slot the next run would wait forever.
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         what = ", ".join(sorted(k.to_user_string() for k in run.asset_selection or ())) or run.job_name
         lines.append(f"  marked run {run.run_id} FAILURE: its process {pid} on {host} is gone ({what}{_partition_label(run.tags)})")
     return lines
@@ -190,6 +198,47 @@ def _partition_label(tags) -> str:
 
 
 USER_ERRORS = ("TraitflowError", "SpecError", "PartitionBusy")  # one line each, shown without the class path
+
+
+def configure_gpu_pool(instance: dg.DagsterInstance) -> int | None:
+    """With TRAITFLOW_GPU_SLOTS set, give the instance's `gpu` pool that many slots (model steps at
+    once, for runs from the UI of this instance too). Unset, the instance's own configuration
+    holds: `make demo`/`make ui` write `concurrency: pools: default_limit: 1` into theirs."""
+    text = os.environ.get("TRAITFLOW_GPU_SLOTS")
+    if text is None:
+        return None
+    try:
+        slots = int(text)
+    except ValueError:
+        slots = 0
+    if slots < 1:
+        raise TraitflowError(f"TRAITFLOW_GPU_SLOTS must be a whole number of at least 1, got {text!r}")
+    if instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count != slots:
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, slots)
+    return slots
+
+
+def _materialize(asset_job, instance: dg.DagsterInstance, experiment: str, stage: str, names: list[str], start: str,
+                 end: str, process_tags: dict[str, str], started: float) -> str:
+    """One Dagster run of `names` over the partition range start … end; a one-line error if it fails."""
+    label = start if start == end else f"{start} … {end}"
+    print(f"[{time.monotonic() - started:6.1f}s] {experiment}: {', '.join(names)} for {label}", flush=True)
+    tags = ({"dagster/partition": start} if start == end else
+            {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})
+    result = asset_job.execute_in_process(
+        asset_selection=[dg.AssetKey([experiment, n]) for n in names],
+        instance=instance,
+        tags={**tags, **process_tags},
+        raise_on_error=False,
+        run_config=PROGRESS,
+    )
+    if not result.success:
+        if _only_blocking_checks_failed(result):
+            # e.g. vetting's min_per_side: the assets are stored; the next stage skips those traits.
+            print(f"  a blocking asset check failed in run {result.run_id}; see the checks in Dagster", flush=True)
+        else:
+            raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}): {_failure(result)}")
+    return f"{stage}: {label}"
 
 
 def _failure(result) -> str:

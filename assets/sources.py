@@ -77,3 +77,22 @@ def dataset_change_sensor(project: Project, exp: Experiment, jobs: list) -> dg.S
             yield dg.RunRequest(run_key=f"{job.name}:{digest}", job_name=job.name)
 
     return dataset_changes
+
+
+def current_versions(project: Project, exp: Experiment) -> dict[str, dict[str, str]]:
+    """Source asset name -> partition -> content hash, as an observation would record them now."""
+    return {"trait_datasets": trait_versions(project.root / TRAITS_DIR, exp.traits),
+            "prompt_sets": prompt_set_versions(project.root / INFERENCE_DIR, list(exp.spec.inference.prompt_sets))}
+
+
+def observed_already(instance: dg.DagsterInstance, key: dg.AssetKey, versions: dict[str, str]) -> bool:
+    """Whether the instance's latest observation of every partition has these data versions, so
+    observing again would record nothing new (a no-op `traitflow run` then skips it)."""
+    from dagster._core.definitions.data_version import extract_data_version_from_entry
+
+    for partition, version in versions.items():
+        record = instance.get_latest_data_version_record(key, is_source=True, partition_key=partition)
+        seen = extract_data_version_from_entry(record.event_log_entry) if record is not None else None
+        if seen is None or seen.value != version:
+            return False
+    return True

@@ -1,8 +1,9 @@
-"""Steering assets per experiment: steering (trait × steered variant) → best_vector (trait)."""
+"""Steering assets per experiment: steering (trait × steered variant) → cma_es (opt-in) → best_vector
+(trait). Keys, kinds, descriptions, code versions and pools come from the asset table (traitflow.graph)."""
 
 import dagster as dg
 
-from assets.common import GPU_POOL, SINGLE_RUN, VectorAssets, for_each_partition, stage_context
+from assets.common import VectorAssets, for_each_partition, stage_context, table_args
 from assets.partitions import trait_variant
 from resources import ArtifactStoreResource, ModelResource
 from traitflow import pipeline
@@ -12,7 +13,6 @@ from traitflow.specs.loader import Experiment, Project
 def build_steering_assets(project: Project, exp: Experiment, source: VectorAssets) -> list[dg.AssetsDefinition]:
     variants = pipeline.steering_variants(exp)
     prefix = [exp.name]
-    tags = {"traitflow/stage": "steering", "traitflow/experiment": exp.name}
     # Vectors come from the extraction variant and steer each steered variant.
     from_extraction = dg.MultiPartitionMapping({
         "trait": dg.DimensionPartitionMapping("trait", dg.IdentityPartitionMapping()),
@@ -20,12 +20,9 @@ def build_steering_assets(project: Project, exp: Experiment, source: VectorAsset
     })
 
     @dg.asset(
-        name="steering", key_prefix=prefix, group_name=exp.name, partitions_def=trait_variant(exp, variants),
-        backfill_policy=SINGLE_RUN, pool=GPU_POOL, kinds={"pytorch", "json", "altair"}, tags=tags,
+        **table_args(exp, "steering"), partitions_def=trait_variant(exp, variants),
         deps=[dg.AssetDep(source.vectors, partition_mapping=from_extraction),
               dg.AssetDep(source.extraction_eval, partition_mapping=from_extraction)],
-        code_version=exp.code_version("steering"),
-        description="Unsteered baseline and an adaptive coefficient search per layer, judged for trait and coherence.",
     )
     def steering(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, pipeline.run_steering_stage, stage_context(context, project, exp, model, storage))
@@ -40,26 +37,18 @@ def build_steering_assets(project: Project, exp: Experiment, source: VectorAsset
     refinement = []
     if exp.spec.steering.cma_es.enabled:
 
-        @dg.asset(
-            name="cma_es", key_prefix=prefix, group_name=exp.name, partitions_def=trait_variant(exp, variants),
-            backfill_policy=SINGLE_RUN, pool=GPU_POOL, kinds={"pytorch", "safetensors"}, tags=tags, deps=[steering],
-            code_version=exp.code_version("cma_es"),
-            description="CMA-ES over the direction (in a random subspace around it) and the coefficient of the best run.",
-        )
+        @dg.asset(**table_args(exp, "cma_es"), partitions_def=trait_variant(exp, variants), deps=[steering])
         def cma_es(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
             return for_each_partition(context, pipeline.run_cma_es, stage_context(context, project, exp, model, storage))
 
         refinement = [cma_es]
 
     @dg.asset(
-        name="best_vector", key_prefix=prefix, group_name=exp.name, partitions_def=dg.StaticPartitionsDefinition(exp.traits),
-        backfill_policy=SINGLE_RUN, kinds={"json"}, tags=tags,
+        **table_args(exp, "best_vector"), partitions_def=dg.StaticPartitionsDefinition(exp.traits),
         deps=[dg.AssetDep(steering, partition_mapping=to_trait), *eval_deps,
               *[dg.AssetDep(a, partition_mapping=to_trait) for a in refinement]],
-        code_version=exp.code_version("best_vector"),
         check_specs=[dg.AssetCheckSpec("min_delta", asset=best_key,
                                        description=f"The best vector moves the trait by >= {exp.spec.steering.min_delta} points.")],
-        description="The vector to use for this trait: the best valid steering run, else the best held-out accuracy.",
     )
     def best_vector(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, pipeline.run_best_vector, stage_context(context, project, exp, model, storage))

@@ -37,7 +37,7 @@ def test_asset_graph_shape(tmp_path):
     assert set(projections.partitions_def.get_partition_keys()) == {"starter/general|chat", "starter/general|inline"}
     assert responses.group_names_by_key[responses.key] == "exp"
     assert {"pytorch", "json"} <= set(responses.specs_by_key[responses.key].kinds)
-    assert responses.specs_by_key[responses.key].tags["traitflow/stage"] == "extraction"
+    assert responses.specs_by_key[responses.key].tags["traitflow/stage"] == "generation"  # the asset table's stage
     assert projections.specs_by_key[projections.key].tags["traitflow/stage"] == "inference"
     deps = {d.asset_key.to_user_string() for d in projections.specs_by_key[projections.key].deps}
     assert deps == {"exp/inference_responses", "exp/vectors", "exp/extraction_eval", "exp/calibration"}

@@ -228,7 +228,8 @@ def apply_change(path: str, value) -> tuple[dict, dict, dict | None]:
 def observations(root: Path):
     """What a change can alter, cheapest first: errors, code versions, what traits and judges read,
     the asset graph, the store, and the batches a stage runs."""
-    from traitflow.specs.loader import ASSET_SPEC_FIELDS, load_project
+    from traitflow.graph import ASSETS
+    from traitflow.specs.loader import load_project
 
     project = load_project(root, strict=False)
     yield "errors", sorted(e.format() for e in project.errors)
@@ -237,7 +238,7 @@ def observations(root: Path):
     exp = next((e for name, e in project.experiments.items() if name != "src"), None)
     if exp is None:
         return
-    yield "code versions", {asset: exp.code_version(asset) for asset in ASSET_SPEC_FIELDS}
+    yield "code versions", {asset: exp.code_version(asset) for asset in (r.name for r in ASSETS)}
     yield "variants", {name: spec.model_dump() for name, spec in exp.variants.items()}
     yield "traits", {name: trait_reading(project, exp, name) for name in exp.traits}
     yield "graph", asset_graph(project)
@@ -245,7 +246,9 @@ def observations(root: Path):
 
     uri = str(StageContext.create(project, exp.name, load_model=lambda v: None).store.uri)
     yield "store", uri.replace(str(root.resolve()), "<root>").replace(str(root), "<root>")
-    yield "extraction batches", extraction_batches(project, exp.name)
+    yield "extraction batches", forward_batches(project, exp.name, "run_responses", trait="starter/formal", variant="chat")
+    yield "calibration batches", forward_batches(project, exp.name, "run_calibration", variant="chat")
+    yield "steering batch size", steering_batch_size(project, exp.name)
 
 
 def trait_reading(project, exp, name: str) -> dict:
@@ -272,8 +275,8 @@ def asset_graph(project) -> dict:
     return out
 
 
-def extraction_batches(project, experiment: str) -> list[int]:
-    """The batch sizes of the forward passes that generate one trait's replies (a real model)."""
+def forward_batches(project, experiment: str, stage: str, **partition) -> list[int]:
+    """The batch sizes of the forward passes one stage runs on a real model."""
     import tempfile
 
     from traitflow import pipeline
@@ -286,14 +289,38 @@ def extraction_batches(project, experiment: str) -> list[int]:
         handle = loaded.model.register_forward_pre_hook(lambda _m, args, kwargs: sizes.append(
             int((kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[0])), with_kwargs=True)
         try:
-            pipeline.run_responses(ctx, "starter/formal", "chat")
+            getattr(pipeline, stage)(ctx, **partition)
         finally:
             handle.remove()
     return sorted(set(sizes))
 
 
+def steering_batch_size(project, experiment: str) -> int | str:
+    """The batch size the steering stage takes from the spec (over extraction artifacts made once)."""
+    from traitflow import pipeline
+    from traitflow.model.loading import MODEL_CACHE
+
+    ctx = pipeline.StageContext.create(project, experiment, storage_uri=str(EXTRACTED))
+    loaded = MODEL_CACHE.get(ctx.experiment.variants["chat"], project.root)
+    try:
+        return pipeline.steering_setup(ctx, "starter/formal", "chat", loaded).batch_size
+    except Exception as exc:  # noqa: BLE001 - a change that breaks the setup shows as its message
+        return str(exc)
+
+
+EXTRACTED = Path()  # set by base_observations: a store holding starter/formal|chat's vectors
+
+
 @pytest.fixture(scope="module")
-def base_observations(base_root) -> dict:
+def base_observations(base_root, tmp_path_factory) -> dict:
+    from traitflow import pipeline
+    from traitflow.specs.loader import load_project
+
+    global EXTRACTED
+    EXTRACTED = tmp_path_factory.mktemp("extracted")
+    ctx = pipeline.StageContext.create(load_project(base_root), "x", storage_uri=str(EXTRACTED))
+    for stage in ("run_responses", "run_vetting", "run_activations", "run_vectors", "run_extraction_eval"):
+        getattr(pipeline, stage)(ctx, "starter/formal", "chat")
     return dict(observations(base_root))
 
 

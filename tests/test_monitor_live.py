@@ -61,6 +61,8 @@ def test_other_component_matches_project_tokens(llama):
 
 
 def test_steered_ids_equal_steered_generate(llama):
+    # transformers may keep hooks of its own (output recording) on a shared model: compare to them
+    before = _hook_counts(llama.model)
     prompts = [prompt_ids(llama, t, s) for t, s in TEXTS]
     v = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(7))
     for config in [(Steer(v, 1, 8.0),), (Steer(v, 2, -10.0, "all"), Steer(v, 0, 4.0, "prompt"))]:
@@ -70,7 +72,7 @@ def test_steered_ids_equal_steered_generate(llama):
             live = generate_live(llama, p, _vectors(2), [1, 2], max_new_tokens=10, steer=config)
             assert live.response_ids == exp.response_ids
         assert any(e.response_ids != b.response_ids for e, b in zip(expected, plain, strict=True))
-    assert _hook_counts(llama.model) == [(0, 0)] * len(_hook_counts(llama.model))
+    assert _hook_counts(llama.model) == before
 
 
 def test_hooks_removed_after_an_exception(llama):

@@ -10,7 +10,8 @@ import pytest
 from tests.traitinterp import write_prompt_set, write_starter_traits
 from traitflow.cli import main
 from traitflow.errors import SpecErrors
-from traitflow.specs.loader import ASSET_SPEC_FIELDS, load_project
+from traitflow.graph import ASSETS
+from traitflow.specs.loader import load_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def test_trait_yaml_overrides_win_for_that_trait(tmp_path):
     root = make_root(tmp_path, {"good": GOOD.replace("traits:", "steering: {layers: '1-2'}\ntraits:")})
     project = load_project(root)
     exp = project.experiments["good"]
-    before = {asset: exp.code_version(asset) for asset in ASSET_SPEC_FIELDS}
+    before = {asset: exp.code_version(asset) for asset in (r.name for r in ASSETS)}
     (root / "datasets" / "traits" / "starter" / "formal" / "trait.yaml").write_text(
         'position: ["prompt[-1]"]\nmethods: [mean_diff]\nlayers: "2-3"\n')
     exp = load_project(root).experiments["good"]
@@ -108,7 +109,7 @@ def test_trait_yaml_overrides_win_for_that_trait(tmp_path):
     assert (formal.positions, formal.methods, formal.layers) == (["prompt[-1]"], ["mean_diff"], "2-3")
     assert (optimism.positions, optimism.methods, optimism.layers) == (["response[:5]"], ["probe", "mean_diff"], "all")
     assert exp.steering_layers_for("starter/formal") == "2-3" and exp.steering_layers_for("starter/optimism") == "1-2"
-    after = {asset: exp.code_version(asset) for asset in ASSET_SPEC_FIELDS}
+    after = {asset: exp.code_version(asset) for asset in (r.name for r in ASSETS)}
     changed = {asset for asset in before if before[asset] != after[asset]}
     assert {"activations", "vectors", "steering"} <= changed
     assert "responses" not in changed and "inference_responses" not in changed and "calibration" not in changed

@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma list of stages (extraction, inference) or asset names (responses, vectors, …); default all")
     p.add_argument("--traits", default="*", help="glob over the experiment's traits (default: all)")
     p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
+    p.add_argument("--force", action="store_true",
+                   help="materialize every selected partition, even those that are up to date")
     p.set_defaults(handler=cmd_run)
 
     p = with_root(sub.add_parser("report", help="best vectors and what is materialized"))
@@ -161,10 +163,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     project = load_for(args)
     if args.storage:
         os.environ["TRAITFLOW_STORAGE"] = args.storage
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # weight-loading bars; traitflow prints its own progress
-    summary = run_experiment(project, args.experiment, stages=args.stages.split(","), trait_glob=args.traits)
+    # Weight-loading bars: traitflow prints its own progress (transformers is imported only if a model loads).
+    os.environ["TRAITFLOW_QUIET_LOADING"] = "1"
+    summary = run_experiment(project, args.experiment, stages=args.stages.split(","), trait_glob=args.traits,
+                             force=args.force)
     print(summary)
     return 0
 

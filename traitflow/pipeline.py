@@ -12,24 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from traitflow.errors import TraitflowError
+from traitflow.graph import FILES  # the artifact file of each asset: the asset table's
 from traitflow.specs.loader import Experiment, Project
 from traitflow.store import ArtifactStore, open_store
-
-# Artifact file names, one per asset: the single source of truth for where things live.
-FILES = {
-    "responses": "responses.json",
-    "vetting": "vetting.json",
-    "activations": "activations.safetensors",
-    "vectors": "vectors.safetensors",
-    "extraction_eval": "extraction_eval.json",
-    "logit_lens": "logit_lens.json",
-    "steering": "summary.json",
-    "best_vector": "best_vector.json",
-    "cma_es": "cma_es.json",
-    "calibration": "calibration.json",
-    "inference_responses": "responses.json",
-    "projections": "projections.json",
-}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ Example:
 
 import dataclasses
 import gc
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,11 @@ def load_model(spec: ModelSpec, root: Path) -> LoadedModel:
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if os.environ.get("TRAITFLOW_QUIET_LOADING"):  # `traitflow run` prints its own progress
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
     from traitflow.model.arch import decoder_layers, embedding
 

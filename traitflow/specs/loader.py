@@ -75,13 +75,16 @@ class Experiment:
         return self.vector_sources.get(stage, self)
 
     def code_version(self, asset: str) -> str:
-        """Content hash of the spec fields an asset depends on, chained through its upstream assets,
-        so a change shows as stale exactly where it matters (e.g. a new vetting threshold re-filters
-        and re-extracts, but does not regenerate responses). Per-trait overrides in trait.yaml count
-        as the fields they override; vectors from another experiment chain through its versions."""
-        fields = ASSET_SPEC_FIELDS[asset]
+        """Content hash of the spec fields an asset reads (its row in `traitflow.graph`), chained
+        through its upstream assets, so a change shows as stale exactly where it matters (e.g. a
+        new vetting threshold re-filters and re-extracts, but does not regenerate responses).
+        Per-trait overrides in trait.yaml count as the fields they override; vectors from another
+        experiment chain through its versions."""
+        from traitflow.graph import EXTRACTION_ASSETS, row
+
+        spec_row = row(asset)
         payload: dict[str, Any] = {}
-        for dotted_path in fields:
+        for dotted_path in spec_row.reads:
             value: Any = self.spec
             for part in dotted_path.split("."):
                 value = getattr(value, part)
@@ -90,13 +93,12 @@ class Experiment:
                          for key in TRAIT_OVERRIDES.get(dotted_path, ()) if getattr(config, key) is not None}
             if overrides:
                 payload[f"{dotted_path}@traits"] = overrides
-        if asset in ("responses", "inference_responses", "calibration", "steering"):
+        if spec_row.reads_model:
             payload["variants"] = {k: v.model_dump(mode="json", exclude={"name"}) for k, v in sorted(self.variants.items())}
-        stage = ASSET_STAGE.get(asset)
-        source = self.vector_sources.get(stage) if stage else None
+        source = self.vector_sources.get(spec_row.vector_stage) if spec_row.vector_stage else None
         payload["upstream"] = [
             (source.code_version(up) if source is not None and up in EXTRACTION_ASSETS else self.code_version(up))
-            for up in ASSET_UPSTREAM.get(asset, [])
+            for up in spec_row.upstream
         ]
         if source is not None:
             payload["vectors_from"] = source.name
@@ -109,43 +111,7 @@ TRAIT_OVERRIDES: dict[str, tuple[str, ...]] = {
     "extraction.methods": ("methods",),
     "extraction.layers": ("layers",),
     "steering.layers": ("layers",),
-    "judge": ("judge",),
-}
-EXTRACTION_ASSETS = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens")
-# Assets that read vectors, by the stage whose `vectors_from` they follow.
-ASSET_STAGE = {"steering": "steering", "cma_es": "steering", "best_vector": "steering",
-               "projections": "inference", "variant_diff": "inference"}
-
-
-# Which spec fields each asset reads, and which assets feed it (for chained code versions).
-ASSET_SPEC_FIELDS: dict[str, list[str]] = {
-    "responses": ["extraction.max_new_tokens"],
-    "vetting": ["judge", "judges", "extraction.vetting"],
-    "activations": ["extraction.position", "extraction.component", "extraction.layers"],
-    "vectors": ["extraction.methods", "extraction.val_split", "extraction.seed", "extraction.clean_massive_dims"],
-    "extraction_eval": ["extraction.min_val_accuracy"],
-    "logit_lens": ["logit_lens"],
-    "steering": ["steering.layers", "steering.position", "steering.method", "steering.search", "steering.system_prompt",
-                 "steering.strip_prefix", "steering.coefficients", "judge", "judges"],
-    "cma_es": ["steering.cma_es", "steering.search.min_coherence"],
-    "best_vector": ["steering.min_delta", "steering.cma_es.enabled"],
-    "inference_responses": ["inference.max_new_tokens", "inference.sample", "inference.replay", "inference.import_responses"],
-    "calibration": ["inference.batch_size"],
-    "projections": ["inference.layers", "inference.position", "inference.method", "inference.score", "inference.centre",
-                    "inference.clean_massive_dims", "inference.response_only"],
-    "variant_diff": ["comparisons", "inference.position", "inference.method"],
-}
-ASSET_UPSTREAM: dict[str, list[str]] = {
-    "vetting": ["responses"],
-    "activations": ["vetting"],
-    "vectors": ["activations"],
-    "extraction_eval": ["vectors"],
-    "logit_lens": ["extraction_eval"],
-    "steering": ["extraction_eval"],
-    "cma_es": ["steering"],
-    "best_vector": ["steering", "cma_es"],
-    "projections": ["inference_responses", "extraction_eval", "calibration"],
-    "variant_diff": ["inference_responses", "extraction_eval"],
+    "judge.model": ("judge",),
 }
 
 

@@ -149,7 +149,8 @@ class SteeringSpec(Strict):
     variants: list[str] = Field(default_factory=list, description="Variants to steer (default: the extraction variant).")
     layers: str | int = "30%-60%"
     position: str | None = Field(None, description="Vectors to steer with (default: the first extraction position).")
-    method: UsableMethod | None = Field(None, description="Vector method (default: the best at that position).")
+    method: Method | None = Field(
+        None, description="Vector method (default: the best at that position). Not cma_es: that refines steering's own result.")
     min_delta: float = Field(10, ge=0, description="Asset check: the best vector moves the trait at least this much.")
     system_prompt: str | None = Field(
         None, description="An adversarial system prompt for baseline and steered answers (e.g. the opposite pole).")

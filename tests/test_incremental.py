@@ -1,0 +1,100 @@
+"""Incremental by default: `traitflow run` materializes only partitions that are missing or stale,
+following a change down the whole chain; `--force` re-does everything."""
+
+import shutil
+
+import dagster as dg
+import pytest
+
+from assets.runner import run_experiment
+from traitflow.specs.loader import load_project
+
+
+@pytest.fixture()
+def copy_of_slice(project_root, materialized, tmp_path):
+    """The materialized slice (experiment t) and the Dagster instance that recorded it, copied."""
+    root, home = tmp_path / "proj", tmp_path / "home"
+    shutil.copytree(project_root, root)
+    shutil.copytree(materialized["home"], home)
+    return root, dg.DagsterInstance.from_config(str(home))
+
+
+def runs_by_asset(instance: dg.DagsterInstance, since: int) -> dict[str, set[str]]:
+    """Asset name -> partition keys materialized by runs after the first `since` runs."""
+    out: dict[str, set[str]] = {}
+    for record in instance.get_run_records()[: max(0, len(instance.get_run_records()) - since)]:
+        for event in instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            materialization = event.dagster_event.event_specific_data.materialization
+            out.setdefault(materialization.asset_key.path[-1], set()).add(materialization.partition)
+    return out
+
+
+def test_a_second_run_with_nothing_changed_does_nothing(copy_of_slice, capsys):
+    root, instance = copy_of_slice
+    before = len(instance.get_run_records())
+    summary = run_experiment(load_project(root), "t", stages=["all"], instance=instance)
+    assert summary.startswith("materialized 0 run(s)") and "up-to-date partition(s) skipped" in summary
+    assert runs_by_asset(instance, before) == {}
+    assert "up to date for" in capsys.readouterr().out
+
+
+def test_editing_one_trait_reruns_exactly_its_chain(copy_of_slice):
+    root, instance = copy_of_slice
+    path = root / "datasets/traits/starter/optimism/positive.jsonl"
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace('"prompt": "', '"prompt": "Honestly, ', 1)
+    path.write_text("\n".join(lines) + "\n")
+    before = len(instance.get_run_records())
+    run_experiment(load_project(root), "t", stages=["all"], instance=instance)
+    done = runs_by_asset(instance, before)
+    chain = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens", "steering")
+    for name in chain:
+        assert done[name] == {"starter/optimism|chat"}, name  # the formal trait's partitions stay as they were
+    assert done["best_vector"] == {"starter/optimism"}
+    # Every trait's vectors feed projections and comparisons, so they re-run; the replies they read do not.
+    assert done["projections"] == {"starter/general|chat", "starter/general|plain"}
+    assert done["variant_diff"] == {"chat_vs_plain/starter/general"}
+    assert "inference_responses" not in done and "calibration" not in done
+    # And now everything is fresh again.
+    again = len(instance.get_run_records())
+    run_experiment(load_project(root), "t", stages=["all"], instance=instance)
+    assert runs_by_asset(instance, again) == {}
+
+
+def test_force_redoes_every_selected_partition(copy_of_slice):
+    root, instance = copy_of_slice
+    before = len(instance.get_run_records())
+    run_experiment(load_project(root), "t", stages=["extraction"], instance=instance, force=True)
+    done = runs_by_asset(instance, before)
+    assert done["responses"] == {"starter/optimism|chat", "starter/formal|chat"}
+    assert done["logit_lens"] == {"starter/optimism|chat", "starter/formal|chat"}
+
+
+def test_gpu_pool_slots_from_the_environment(copy_of_slice, monkeypatch):
+    from assets.runner import configure_gpu_pool
+    from traitflow.errors import TraitflowError
+
+    _, instance = copy_of_slice
+    monkeypatch.delenv("TRAITFLOW_GPU_SLOTS", raising=False)
+    assert configure_gpu_pool(instance) is None  # the instance's own dagster.yaml decides
+    monkeypatch.setenv("TRAITFLOW_GPU_SLOTS", "1")
+    assert configure_gpu_pool(instance) == 1
+    assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1
+    monkeypatch.setenv("TRAITFLOW_GPU_SLOTS", "3")
+    configure_gpu_pool(instance)
+    assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 3
+    monkeypatch.setenv("TRAITFLOW_GPU_SLOTS", "many")
+    with pytest.raises(TraitflowError, match="TRAITFLOW_GPU_SLOTS"):
+        configure_gpu_pool(instance)
+
+
+def test_loading_definitions_prints_no_warnings():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", "import definitions"], cwd=repo, capture_output=True, text=True,
+                            env={**os.environ, "TRAITFLOW_ROOT": str(repo)}, timeout=120)
+    assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr[-2000:]
