@@ -41,3 +41,43 @@ def test_traitflow_commands_in_docs_parse(doc):
         args = [a for a in args if not a.startswith("[")]  # optional flags shown in brackets
         args = [a.strip("'") for a in args if not a.endswith("]")]
         parser.parse_args(args)  # exits (SystemExit) on an unknown command or flag
+
+
+def test_artifacts_doc_lists_every_asset_with_the_keys_it_writes(toy_demo):
+    """docs/artifacts.md has a row per asset of the asset table naming its file, and every top-level
+    key of each JSON artifact the toy demo really wrote appears in that row."""
+    import json
+
+    from traitflow.graph import ASSETS
+
+    text = (REPO / "docs" / "artifacts.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in text.splitlines() if line.startswith("| `")}
+    store = toy_demo["root"] / "experiments" / "demo"
+    for asset in ASSETS:
+        assert asset.name in rows, f"docs/artifacts.md has no row for {asset.name}"
+        assert f"`{asset.artifact}`" in rows[asset.name], asset.name
+        if not asset.artifact.endswith(".json"):
+            continue
+        written = sorted((store / asset.name).rglob(asset.artifact))
+        assert written, f"the toy demo wrote no {asset.name}/{asset.artifact}"
+        keys = set(json.loads(written[0].read_text()))
+        missing = [k for k in sorted(keys) if k not in rows[asset.name]]
+        assert not missing, f"docs/artifacts.md's {asset.name} row lacks {missing}"
+
+
+def test_quickstart_report_sample_matches_a_real_report(toy_demo):
+    """Every key the quickstart's `report --json` sample shows is in a real report of the demo."""
+    sample = (REPO / "docs" / "quickstart.md").read_text().split("`traitflow report demo --json` prints", 1)[1]
+    sample = sample.split("```json", 1)[1].split("```", 1)[0]
+    shown = set(re.findall(r'"([a-z_]+)":', sample))
+    report = toy_demo["report"]
+
+    def keys(value) -> set[str]:
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        if isinstance(value, list):
+            return {k for v in value for k in keys(v)}
+        return set()
+
+    assert shown and shown <= keys(report), sorted(shown - keys(report))
+    assert set(report) >= {"experiment", "storage", "traits", "inference"}
