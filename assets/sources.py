@@ -7,6 +7,7 @@ materializes, and the `<experiment>_dataset_changes` sensor observes whenever a 
 
 import hashlib
 import json
+from pathlib import Path
 
 import dagster as dg
 
@@ -55,9 +56,24 @@ def observe_jobs(exp: Experiment, sources: list[dg.SourceAsset]) -> list:
     ]
 
 
+def has_run(project: Project, exp: Experiment) -> bool:
+    """Whether the experiment has artifacts in its store (TRAITFLOW_STORAGE, else storage.uri)."""
+    import os
+
+    from traitflow.store import open_store
+
+    try:
+        store = open_store(os.environ.get("TRAITFLOW_STORAGE") or exp.spec.storage.uri, project.root)
+    except TraitflowError:
+        return False
+    return (Path(store.root) / exp.name).is_dir()
+
+
 def dataset_change_sensor(project: Project, exp: Experiment, jobs: list) -> dg.SensorDefinition:
+    # Observing costs reading every dataset file every 30 s: worth it only for an experiment that
+    # has run. The others start stopped (turn them on in the UI's Automation tab).
     @dg.sensor(name=f"{exp.name}_dataset_changes", jobs=jobs, minimum_interval_seconds=30,
-               default_status=dg.DefaultSensorStatus.RUNNING,
+               default_status=dg.DefaultSensorStatus.RUNNING if has_run(project, exp) else dg.DefaultSensorStatus.STOPPED,
                description="Observes the datasets when a trait or prompt-set file changed, so stale partitions show.")
     def dataset_changes(context: dg.SensorEvaluationContext):
         try:

@@ -98,3 +98,17 @@ def test_loading_definitions_prints_no_warnings():
     result = subprocess.run([sys.executable, "-c", "import definitions"], cwd=repo, capture_output=True, text=True,
                             env={**os.environ, "TRAITFLOW_ROOT": str(repo)}, timeout=120)
     assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr[-2000:]
+
+
+def test_dataset_sensor_runs_only_for_experiments_that_have_run(copy_of_slice, monkeypatch):
+    from assets import build_defs
+
+    monkeypatch.delenv("TRAITFLOW_STORAGE", raising=False)
+    root, _ = copy_of_slice
+
+    def status() -> dg.DefaultSensorStatus:
+        return build_defs(load_project(root)).resolve_sensor_def("t_dataset_changes").default_status
+
+    assert status() == dg.DefaultSensorStatus.RUNNING  # the slice has its artifacts
+    shutil.rmtree(root / "experiments" / "t")
+    assert status() == dg.DefaultSensorStatus.STOPPED
