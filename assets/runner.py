@@ -33,6 +33,7 @@ from resources.progress import progress_logger
 from traitflow.errors import TraitflowError
 from traitflow.graph import STAGES  # stage -> assets, in order: the asset table's
 from traitflow.specs.loader import Project
+from traitflow.store import open_store
 from traitflow.store.locks import process_alive, process_start
 
 # `--stages extraction` means the whole extraction chain, generation included.
@@ -79,6 +80,8 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     one that re-runs) are materialized, unless `force`; what was skipped is printed."""
     exp = project.experiments[experiment]
     names = _asset_names(stages)
+    # A bad --storage / TRAITFLOW_STORAGE fails here, in one line, before any Dagster run starts.
+    open_store(os.environ.get("TRAITFLOW_STORAGE") or exp.spec.storage.uri, project.root)
     defs = build_defs(project, loggers={"progress": progress_logger})
     all_assets = list(defs.assets or [])
     by_name = {a.key.path[-1]: a for a in all_assets if a.key.path[0] == experiment and isinstance(a, dg.AssetsDefinition)}

@@ -77,10 +77,7 @@ def dataset_change_sensor(project: Project, exp: Experiment, jobs: list) -> dg.S
                description="Observes the datasets when a trait or prompt-set file changed, so stale partitions show.")
     def dataset_changes(context: dg.SensorEvaluationContext):
         try:
-            versions = {
-                "traits": trait_versions(project.root / TRAITS_DIR, exp.traits),
-                "prompt_sets": prompt_set_versions(project.root / INFERENCE_DIR, list(exp.spec.inference.prompt_sets)),
-            }
+            versions = current_versions(project, exp)
         except TraitflowError as exc:
             yield dg.SkipReason(f"datasets do not load: {exc}")
             return

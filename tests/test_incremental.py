@@ -1,6 +1,7 @@
 """Incremental by default: `traitflow run` materializes only partitions that are missing or stale,
 following a change down the whole chain; `--force` re-does everything."""
 
+import os
 import shutil
 
 import dagster as dg
@@ -112,3 +113,19 @@ def test_dataset_sensor_runs_only_for_experiments_that_have_run(copy_of_slice, m
     assert status() == dg.DefaultSensorStatus.RUNNING  # the slice has its artifacts
     shutil.rmtree(root / "experiments" / "t")
     assert status() == dg.DefaultSensorStatus.STOPPED
+
+
+def test_bad_storage_fails_before_any_run(copy_of_slice, monkeypatch, capsys, tmp_path):
+    from traitflow.cli import main
+
+    root, instance = copy_of_slice
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TRAITFLOW_STORAGE", raising=False)
+    before = len(instance.get_run_records())
+    try:
+        assert main(["run", "t", "--root", str(root), "--storage", "s3://bucket/x"]) == 2
+    finally:
+        os.environ.pop("TRAITFLOW_STORAGE", None)  # `run --storage` sets it for the process's resources
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["error: storage 's3://bucket/x': s3:// storage is not supported yet; use a local folder"]
+    assert len(instance.get_run_records()) == before  # nothing was observed or run

@@ -135,8 +135,9 @@ class Project:
             return self.experiments[experiment]
         if experiment in self.left_out:
             raise SpecErrors(self.left_out[experiment])
+        known = sorted(p.stem for p in (self.root / EXPERIMENTS_DIR).glob("*.y*ml"))
         raise TraitflowError(f"{self.root / EXPERIMENTS_DIR}: no experiment named {experiment!r} "
-                             f"(known: {', '.join(sorted(self.experiments)) or 'none'})")
+                             f"(files there: {', '.join(known) or 'none'})")
 
 
 def _dump(value: Any) -> Any:
