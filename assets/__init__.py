@@ -9,11 +9,13 @@ import warnings
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_checks_definition import AssetChecksDefinition
 
+from assets.automation import automation_sensor
 from assets.common import VectorAssets
 from assets.extraction import build_extraction_assets
 from assets.inference import build_inference_assets
-from assets.sources import dataset_change_sensor, observe_jobs, prompt_source, trait_source
+from assets.sources import ModelSources, dataset_change_sensor, observe_jobs, prompt_source, trait_source
 from assets.steering import build_steering_assets
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.specs.loader import Experiment, Project
@@ -28,23 +30,27 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 def build_experiment(project: Project, exp: Experiment) -> tuple[list, list, list]:
     """(assets, jobs, sensors) of one experiment."""
     traits = trait_source(project, exp)
+    models = ModelSources(project, exp)
     # An experiment whose steering and inference both take vectors from another (`vectors_from`)
     # extracts nothing itself; each stage depends on the source experiment's assets instead.
-    extraction = build_extraction_assets(project, exp, traits) if exp.extracts else []
+    extraction = build_extraction_assets(project, exp, traits, models) if exp.extracts else []
 
     def vector_assets(stage: str) -> VectorAssets:
         source = exp.vector_source(stage)
         return VectorAssets(source.extraction_variant, dg.AssetKey([source.name, "vectors"]),
                             dg.AssetKey([source.name, "extraction_eval"]))
 
-    assets: list = [traits, *extraction, *build_steering_assets(project, exp, vector_assets("steering"))]
+    assets: list = [traits, *extraction, *build_steering_assets(project, exp, vector_assets("steering"), models)]
     sources = [traits]
     prompts = prompt_source(project, exp)
     if prompts is not None:
-        assets += [prompts, *build_inference_assets(project, exp, prompts, vector_assets("inference"))]
+        assets += [prompts, *build_inference_assets(project, exp, prompts, vector_assets("inference"), models)]
         sources.append(prompts)
+    assets += models.assets
+    sources += models.assets
     jobs = observe_jobs(exp, sources)
-    return assets, jobs, [dataset_change_sensor(project, exp, jobs)]
+    sensors = [dataset_change_sensor(project, exp, jobs), automation_sensor(exp)]
+    return assets, jobs, [s for s in sensors if s is not None]
 
 
 def build_resources(root: Path) -> dict:
@@ -62,4 +68,8 @@ def build_defs(project: Project, loggers: dict | None = None) -> dg.Definitions:
         assets += a
         jobs += j
         sensors += s
-    return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, resources=build_resources(project.root), loggers=loggers)
+    # The factories return each asset's check step beside it; Dagster takes those separately.
+    checks = [a for a in assets if isinstance(a, AssetChecksDefinition)]
+    assets = [a for a in assets if not isinstance(a, AssetChecksDefinition)]
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors,
+                          resources=build_resources(project.root), loggers=loggers)

@@ -5,11 +5,13 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from assets.automation import automation_condition
+from assets.checks import blocked_by_checks, check_metadata, failed_blocking_traits
 from assets.partitions import split_key
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.graph import row
-from traitflow.pipeline import Check, Markdown, StageContext
 from traitflow.specs.loader import Experiment, Project
+from traitflow.stages.context import Markdown, StageContext, StageOutput
 from traitflow.store.locks import partition_lock
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
@@ -25,6 +27,9 @@ def table_args(exp: Experiment, name: str) -> dict:
                 tags={"traitflow/stage": spec_row.stage, "traitflow/experiment": exp.name})
     if spec_row.gpu:
         args["pool"] = GPU_POOL
+    condition = automation_condition(exp)
+    if condition is not None:
+        args["automation_condition"] = condition
     return args
 
 
@@ -60,13 +65,14 @@ def _metadata_value(key: str, value):
 
 
 def for_each_partition(
-    context: dg.AssetExecutionContext, stage: Callable[..., dict], ctx: StageContext, dimension: str = "trait"
+    context: dg.AssetExecutionContext, stage: Callable[..., StageOutput], ctx: StageContext, dimension: str = "trait"
 ) -> dg.MaterializeResult:
     """Run `stage` for every partition of this run (one, or many under a single-run backfill),
     attaching each partition's own headline numbers to its materialization.
 
-    A stage may return `checks: {name: Check}`; each becomes one asset check result for the run,
-    failing when any partition fails, with the failing partitions named.
+    A stage may return checks (`{name: Check}`); each goes into that partition's metadata, from
+    which the asset's check step records the partition's evaluation (assets/checks.py). A partition of a trait whose blocking check failed
+    upstream (vetting left too few replies) is skipped: no artifact, and `skipped` in its metadata.
 
     Each partition's work holds that partition's lock (`traitflow.store.locks`): a second run of
     the same (experiment, asset, partition) at the same time, from `traitflow run` or the UI, fails
@@ -74,23 +80,20 @@ def for_each_partition(
     """
     partitions_def = context.assets_def.partitions_def
     keys = context.partition_keys
-    checks: dict[str, list[tuple[str, Check]]] = {}
+    asset = context.assets_def.key.path[-1]
+    blocked = failed_blocking_traits(context.instance, ctx.experiment) if blocked_by_checks(asset) else {}
     for number, key in enumerate(keys, start=1):
         dims = split_key(partitions_def, key) if isinstance(partitions_def, dg.MultiPartitionsDefinition) else {dimension: key}
+        why = blocked.get(dims.get("trait", ""))
+        if why is not None:
+            context.log.warning(f"[{number}/{len(keys)}] {asset} {key} skipped: {why}")
+            context.add_asset_metadata({"skipped": why}, partition_key=key)
+            continue
         context.log.info(f"[{number}/{len(keys)}] {context.asset_key.to_user_string()} {key}")
-        with partition_lock(ctx.store.root, ctx.experiment.name, context.asset_key.path[-1], key, run_id=context.run_id):
-            numbers = stage(ctx, **dims)
-        for name, check in numbers.pop("checks", {}).items():
-            checks.setdefault(name, []).append((key, check))
-        context.add_asset_metadata({k: _metadata_value(k, v) for k, v in numbers.items()}, partition_key=key)
-    results = []
-    for name, outcomes in checks.items():
-        failed = [key for key, check in outcomes if not check.passed]
-        results.append(dg.AssetCheckResult(
-            check_name=name,
-            passed=not failed,
-            metadata={"failed_partitions": ", ".join(failed) or "none",
-                      "details": dg.MetadataValue.md("\n".join(f"- `{k}` {'ok' if c.passed else 'FAILED'}: {c.detail}"
-                                                               for k, c in outcomes))},
-        ))
-    return dg.MaterializeResult(check_results=results)
+        with partition_lock(ctx.store.root, ctx.experiment.name, asset, key, run_id=context.run_id):
+            output = stage(ctx, **dims)
+        metadata = {k: _metadata_value(k, v) for k, v in output.metadata().items()}
+        for name, check in output.checks.items():
+            metadata |= check_metadata(name, check)
+        context.add_asset_metadata(metadata, partition_key=key)
+    return dg.MaterializeResult(asset_key=context.assets_def.key)

@@ -11,13 +11,15 @@ def trait_variant(exp: Experiment, variants: list[str]) -> dg.MultiPartitionsDef
     )
 
 
-def prompt_set_variant(exp: Experiment) -> dg.MultiPartitionsDefinition | None:
-    if not exp.spec.inference.prompt_sets:
+def prompt_set_variant(exp: Experiment, variants: list[str] | None = None) -> dg.MultiPartitionsDefinition | None:
+    """prompt set × `variants` (default: every inference variant); None without prompt sets or variants."""
+    variants = exp.inference_variants if variants is None else variants
+    if not exp.spec.inference.prompt_sets or not variants:
         return None
     return dg.MultiPartitionsDefinition(
         {
             "prompt_set": dg.StaticPartitionsDefinition(list(exp.spec.inference.prompt_sets)),
-            "variant": dg.StaticPartitionsDefinition(exp.inference_variants),
+            "variant": dg.StaticPartitionsDefinition(variants),
         }
     )
 

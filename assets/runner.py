@@ -26,6 +26,7 @@ import time
 import dagster as dg
 
 from assets import build_defs
+from assets.checks import failed_blocking_traits
 from assets.common import GPU_POOL
 from assets.freshness import Freshness
 from assets.sources import current_versions, observe_jobs, observed_already
@@ -107,7 +108,9 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     versions = current_versions(project, exp)
     for job in observe_jobs(exp, [a for a in all_assets if isinstance(a, dg.SourceAsset) and a.key.path[0] == experiment]):
         source = defs.resolve_job_def(job.name).asset_layer.executable_asset_keys
-        if all(observed_already(instance, key, versions[key.path[-1]]) for key in source):
+        if all(observed_already(instance, key, {p: v for p, v in versions[key.path[-1]].items()
+                                                if p in defs.resolve_assets_def(key).partitions_def.get_partition_keys()})
+               for key in source):
             continue  # no dataset file changed since the last observation
         observed = defs.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False,
                                                                      run_config=PROGRESS, tags=process_tags)
@@ -119,21 +122,20 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
         selected = [n for n in members if n in names and n in by_name]
         if not selected:
             continue
-        partitions_def = by_name[selected[0]].partitions_def
-        keys = partitions_def.get_partition_keys()
-        if stage in ("generation", "extraction", "steering", "selection"):
-            wanted = {k for k in keys if _trait_of(partitions_def, k) in traits}
-            if stage in ("extraction", "steering", "selection"):
-                # Traits whose vetting left too few replies stop here (their check failed), the rest go on.
-                failed = [t for t in traits if not _vetting_passed(project, experiment, t)]
-                for trait in failed if stage == "extraction" else []:
-                    print(f"  skipping {trait}: too few replies passed vetting (see {experiment}/vetting)", flush=True)
-                wanted = {k for k in wanted if _trait_of(partitions_def, k) not in failed}
-        else:
-            wanted = set(keys)
-        # Per asset, the partitions to materialize; consecutive assets wanting the same ones share a run.
-        batches: list[tuple[list[str], set[str]]] = []
+        # Traits whose blocking check failed (vetting left too few replies) stop at extraction, the
+        # rest go on: the check results per partition say which (assets/checks.py).
+        failed = failed_blocking_traits(instance, exp) if stage in ("extraction", "steering", "selection") else {}
+        for trait in sorted(set(failed) & set(traits)) if stage == "extraction" else []:
+            print(f"  skipping {trait}'s chain: {failed[trait]} (see the check in Dagster)", flush=True)
+        # Per asset, the partitions to materialize; consecutive assets over the same partitions
+        # wanting the same ones share a run.
+        batches: list[tuple[list[str], list[str], set[str]]] = []
         for name in selected:
+            partitions_def = by_name[name].partitions_def
+            keys = partitions_def.get_partition_keys()
+            wanted = set(keys)
+            if stage in ("generation", "extraction", "steering", "selection"):
+                wanted = {k for k in keys if _trait_of(partitions_def, k) in traits and _trait_of(partitions_def, k) not in failed}
             todo = set(wanted)
             if freshness is not None:
                 key = dg.AssetKey([experiment, name])
@@ -144,11 +146,11 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
                     skipped.append(len(wanted) - len(todo))
                     print(f"[{time.monotonic() - started:6.1f}s] {experiment}: {name} up to date for "
                           f"{len(wanted) - len(todo)} partition(s), skipped (--force re-does them)", flush=True)
-            if batches and batches[-1][1] == todo:
+            if batches and batches[-1][1] == keys and batches[-1][2] == todo:
                 batches[-1][0].append(name)
             else:
-                batches.append(([name], todo))
-        for batch, todo in batches:
+                batches.append(([name], keys, todo))
+        for batch, keys, todo in batches:
             for start, end in _contiguous_ranges(keys, todo):
                 done.append(_materialize(asset_job, instance, experiment, stage, batch, start, end, process_tags, started))
     summary = f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s"
@@ -236,11 +238,7 @@ def _materialize(asset_job, instance: dg.DagsterInstance, experiment: str, stage
         run_config=PROGRESS,
     )
     if not result.success:
-        if _only_blocking_checks_failed(result):
-            # e.g. vetting's min_per_side: the assets are stored; the next stage skips those traits.
-            print(f"  a blocking asset check failed in run {result.run_id}; see the checks in Dagster", flush=True)
-        else:
-            raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}): {_failure(result)}")
+        raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}): {_failure(result)}")
     return f"{stage}: {label}"
 
 
@@ -256,21 +254,6 @@ def _failure(result) -> str:
                 line = line.split(f"{error.cls_name}: ", 1)[-1]  # the user's one line, without the class path
             return f"{event.step_key}: {line}"
     return "see the run's logs in Dagster"
-
-
-def _vetting_passed(project: Project, experiment: str, trait: str) -> bool:
-    from traitflow.pipeline import StageContext, vetting_passed
-
-    ctx = StageContext.create(project, experiment, load_model=lambda v: None, storage_uri=os.environ.get("TRAITFLOW_STORAGE") or None)
-    try:
-        return vetting_passed(ctx, trait, ctx.experiment.extraction_variant)
-    except TraitflowError:  # not vetted yet: let the run say what is missing
-        return True
-
-
-def _only_blocking_checks_failed(result) -> bool:
-    failures = [e for e in result.all_events if e.is_step_failure]
-    return bool(failures) and all(e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError" for e in failures)
 
 
 def _trait_of(partitions_def, key: str) -> str:

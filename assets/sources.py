@@ -1,8 +1,17 @@
-"""Observable source assets for the user's data files, versioned per partition by content hash.
+"""Observable source assets for what the results depend on from outside: the user's data files
+and the models, versioned per partition by content.
 
-Observing them records each trait's or prompt set's current hash; when one trait's files change,
-only the partitions downstream of that trait show as stale. `traitflow run` observes before it
-materializes, and the `<experiment>_dataset_changes` sensor observes whenever a file changed.
+- `trait_datasets` (per trait) and `prompt_sets` (per prompt set): content hashes of the files;
+- `models` (per variant): the variant's spec and weights (`traitflow.model.fingerprint`), so
+  retraining a LoRA in place, or editing one variant's spec, marks that variant's partitions
+  stale and no other's. Dagster maps a per-variant source onto a trait × variant asset only when
+  the source's partitions are exactly that asset's variant dimension, so a stage whose variants
+  are not all the experiment's gets its own source over its variants (`models_extraction`,
+  `models_steering`, `models_inference`, `models_replay`), versioned the same way.
+
+Observing records the current versions; when one changes, only the partitions downstream of it
+show as stale. `traitflow run` observes before it materializes, and the
+`<experiment>_dataset_changes` sensor observes whenever a version changed.
 """
 
 import hashlib
@@ -11,9 +20,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.automation import SENSOR_INTERVAL_S
 from traitflow.data.prompts import prompt_set_versions
 from traitflow.data.traits import trait_versions
 from traitflow.errors import TraitflowError
+from traitflow.model.fingerprint import model_version
 from traitflow.specs.loader import INFERENCE_DIR, TRAITS_DIR, Experiment, Project
 
 
@@ -47,6 +58,52 @@ def prompt_source(project: Project, exp: Experiment) -> dg.SourceAsset | None:
     return prompt_sets
 
 
+class ModelSources:
+    """The `models*` source assets of one experiment, made on first use."""
+
+    def __init__(self, project: Project, exp: Experiment):
+        self.project, self.exp = project, exp
+        self.by_variants: dict[tuple[str, ...], dg.SourceAsset] = {}
+
+    def _source(self, variants: list[str], stage: str) -> dg.SourceAsset:
+        key = tuple(variants)
+        if key not in self.by_variants:
+            project, exp = self.project, self.exp
+            name = "models" if key == tuple(exp.variants) else f"models_{stage}"
+
+            @dg.observable_source_asset(
+                name=name, key_prefix=[exp.name], group_name=exp.name, partitions_def=dg.StaticPartitionsDefinition(variants),
+                description="Model variants (spec and weights: local files' sizes, times and small files' contents, or "
+                            "hub id + revision); data version = their hash.")
+            def models() -> dg.DataVersionsByPartition:
+                return dg.DataVersionsByPartition({v: dg.DataVersion(model_version(exp.variants[v], project.root))
+                                                   for v in variants})
+
+            self.by_variants[key] = models
+        return self.by_variants[key]
+
+    def per_variant(self, variants: list[str], stage: str) -> dg.AssetDep:
+        """For an asset partitioned by (… × variant) over `variants`."""
+        return dg.AssetDep(self._source(variants, stage),
+                           partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant"))
+
+    def same_variants(self, variants: list[str], stage: str) -> dg.AssetDep:
+        """For an asset partitioned by variant over exactly `variants` (identity)."""
+        return dg.AssetDep(self._source(variants, stage))
+
+    def every_variant(self, mapping: dict[str, list[str]] | None = None) -> dg.AssetDep:
+        """For an asset partitioned by variant (identity), or by something else: `mapping` gives,
+        per variant, the partitions that read it (a comparison reads its two variants)."""
+        source = self._source(list(self.exp.variants), "all")
+        if mapping is None:
+            return dg.AssetDep(source)
+        return dg.AssetDep(source, partition_mapping=dg.StaticPartitionMapping(mapping))
+
+    @property
+    def assets(self) -> list[dg.SourceAsset]:
+        return list(self.by_variants.values())
+
+
 def observe_jobs(exp: Experiment, sources: list[dg.SourceAsset]) -> list:
     """One observation job per source asset (a job's assets must share one partitioning)."""
     return [
@@ -71,10 +128,13 @@ def has_run(project: Project, exp: Experiment) -> bool:
 
 def dataset_change_sensor(project: Project, exp: Experiment, jobs: list) -> dg.SensorDefinition:
     # Observing costs reading every dataset file every 30 s: worth it only for an experiment that
-    # has run. The others start stopped (turn them on in the UI's Automation tab).
-    @dg.sensor(name=f"{exp.name}_dataset_changes", jobs=jobs, minimum_interval_seconds=30,
-               default_status=dg.DefaultSensorStatus.RUNNING if has_run(project, exp) else dg.DefaultSensorStatus.STOPPED,
-               description="Observes the datasets when a trait or prompt-set file changed, so stale partitions show.")
+    # has run, or one whose `automation:` reacts to changes. The others start stopped (turn them
+    # on in the UI's Automation tab).
+    @dg.sensor(name=f"{exp.name}_dataset_changes", jobs=jobs, minimum_interval_seconds=SENSOR_INTERVAL_S,
+               default_status=dg.DefaultSensorStatus.RUNNING if has_run(project, exp) or exp.spec.automation.on_change == "materialize"
+               else dg.DefaultSensorStatus.STOPPED,
+               description="Observes the datasets and models when a trait, prompt-set or model file changed, so stale "
+                           "partitions show.")
     def dataset_changes(context: dg.SensorEvaluationContext):
         try:
             versions = current_versions(project, exp)
@@ -93,9 +153,13 @@ def dataset_change_sensor(project: Project, exp: Experiment, jobs: list) -> dg.S
 
 
 def current_versions(project: Project, exp: Experiment) -> dict[str, dict[str, str]]:
-    """Source asset name -> partition -> content hash, as an observation would record them now."""
-    return {"trait_datasets": trait_versions(project.root / TRAITS_DIR, exp.traits),
-            "prompt_sets": prompt_set_versions(project.root / INFERENCE_DIR, list(exp.spec.inference.prompt_sets))}
+    """Source asset name -> partition -> content hash, as an observation would record them now.
+    Every `models*` source of a variant has that variant's one version."""
+    models = {v: model_version(spec, project.root) for v, spec in exp.variants.items()}
+    versions = {"trait_datasets": trait_versions(project.root / TRAITS_DIR, exp.traits),
+                "prompt_sets": prompt_set_versions(project.root / INFERENCE_DIR, list(exp.spec.inference.prompt_sets))}
+    return versions | {name: models for name in ("models", "models_extraction", "models_steering", "models_inference",
+                                                  "models_replay")}
 
 
 def observed_already(instance: dg.DagsterInstance, key: dg.AssetKey, versions: dict[str, str]) -> bool:

@@ -3,16 +3,17 @@
 
 import dagster as dg
 
+from assets.checks import build_check_step, check_spec
 from assets.common import VectorAssets, for_each_partition, stage_context, table_args
 from assets.partitions import trait_variant
+from assets.sources import ModelSources
 from resources import ArtifactStoreResource, ModelResource
-from traitflow import pipeline
 from traitflow.specs.loader import Experiment, Project
+from traitflow.stages import steering as stages
 
 
-def build_steering_assets(project: Project, exp: Experiment, source: VectorAssets) -> list[dg.AssetsDefinition]:
-    variants = pipeline.steering_variants(exp)
-    prefix = [exp.name]
+def build_steering_assets(project: Project, exp: Experiment, source: VectorAssets, models: ModelSources) -> list[dg.AssetsDefinition]:
+    variants = stages.steering_variants(exp)
     # Vectors come from the extraction variant and steer each steered variant.
     from_extraction = dg.MultiPartitionMapping({
         "trait": dg.DimensionPartitionMapping("trait", dg.IdentityPartitionMapping()),
@@ -21,13 +22,12 @@ def build_steering_assets(project: Project, exp: Experiment, source: VectorAsset
 
     @dg.asset(
         **table_args(exp, "steering"), partitions_def=trait_variant(exp, variants),
-        deps=[dg.AssetDep(source.vectors, partition_mapping=from_extraction),
+        deps=[models.per_variant(variants, "steering"), dg.AssetDep(source.vectors, partition_mapping=from_extraction),
               dg.AssetDep(source.extraction_eval, partition_mapping=from_extraction)],
     )
     def steering(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
-        return for_each_partition(context, pipeline.run_steering_stage, stage_context(context, project, exp, model, storage))
+        return for_each_partition(context, stages.run_steering_stage, stage_context(context, project, exp, model, storage))
 
-    best_key = dg.AssetKey([*prefix, "best_vector"])
     to_trait = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="trait")
     # best_vector falls back on extraction_eval. Another experiment's (`vectors_from`) has other
     # trait partitions, which no built-in mapping to a single dimension accepts; it is upstream of
@@ -39,18 +39,18 @@ def build_steering_assets(project: Project, exp: Experiment, source: VectorAsset
 
         @dg.asset(**table_args(exp, "cma_es"), partitions_def=trait_variant(exp, variants), deps=[steering])
         def cma_es(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
-            return for_each_partition(context, pipeline.run_cma_es, stage_context(context, project, exp, model, storage))
+            return for_each_partition(context, stages.run_cma_es, stage_context(context, project, exp, model, storage))
 
         refinement = [cma_es]
 
-    @dg.asset(
-        **table_args(exp, "best_vector"), partitions_def=dg.StaticPartitionsDefinition(exp.traits),
-        deps=[dg.AssetDep(steering, partition_mapping=to_trait), *eval_deps,
-              *[dg.AssetDep(a, partition_mapping=to_trait) for a in refinement]],
-        check_specs=[dg.AssetCheckSpec("min_delta", asset=best_key,
-                                       description=f"The best vector moves the trait by >= {exp.spec.steering.min_delta} points.")],
-    )
-    def best_vector(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
-        return for_each_partition(context, pipeline.run_best_vector, stage_context(context, project, exp, model, storage))
+    per_trait = dg.StaticPartitionsDefinition(exp.traits)
 
-    return [steering, *refinement, best_vector]
+    @dg.asset(**table_args(exp, "best_vector"), partitions_def=per_trait,
+              deps=[dg.AssetDep(steering, partition_mapping=to_trait), *eval_deps,
+                    *[dg.AssetDep(a, partition_mapping=to_trait) for a in refinement]])
+    def best_vector(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
+        return for_each_partition(context, stages.run_best_vector, stage_context(context, project, exp, model, storage))
+
+    checks = build_check_step(exp, "best_vector", [check_spec(
+        exp, "best_vector", "min_delta", per_trait, f"The best vector moves the trait by >= {exp.spec.steering.min_delta} points.")])
+    return [steering, *refinement, best_vector, checks]

@@ -154,15 +154,19 @@ def _project(root: Path, extra: str) -> Path:
     return root
 
 
-def test_chat_template_kwargs_change_the_responses_code_version(tmp_path):
-    def version(extra: str, asset: str = "responses") -> str:
-        exp = load_project(_project(tmp_path / "proj", extra)).experiments["e"]
-        return exp.code_version(asset)
+def test_chat_template_kwargs_change_the_variants_version(tmp_path):
+    """The keywords are part of the variant: its `models` source version changes with them (so its
+    responses, and everything downstream, go stale), not any asset's code version."""
+    from traitflow.model.fingerprint import model_version
 
-    plain = version("")
-    on = version(", chat_template_kwargs: {enable_thinking: true}")
-    persona = version(", chat_template_kwargs: {persona: a pirate}")
-    assert len({plain, on, persona}) == 3
-    assert version(", chat_template_kwargs: {enable_thinking: true}") == on  # stable
-    # and everything downstream of the responses goes stale with it
-    assert version("", "vectors") != version(", chat_template_kwargs: {enable_thinking: true}", "vectors")
+    def versions(extra: str) -> tuple[str, str]:
+        root = _project(tmp_path / "proj", extra)
+        exp = load_project(root).experiments["e"]
+        variant = exp.extraction_variant
+        return model_version(exp.variants[variant], root), exp.code_version("responses")
+
+    plain, on, persona = (versions(extra) for extra in (
+        "", ", chat_template_kwargs: {enable_thinking: true}", ", chat_template_kwargs: {persona: a pirate}"))
+    assert len({plain[0], on[0], persona[0]}) == 3
+    assert versions(", chat_template_kwargs: {enable_thinking: true}") == on  # stable
+    assert plain[1] == on[1] == persona[1]  # a data version, not a code version

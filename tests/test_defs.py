@@ -27,7 +27,9 @@ def test_asset_graph_shape(tmp_path):
     root = make_project(tmp_path, GOOD, {"small": "model: o/s\n"})
     assets = by_key(defs_for(root))
     expected = {"exp/trait_datasets", "exp/responses", "exp/vetting", "exp/logit_lens", "exp/steering", "exp/best_vector", "exp/activations", "exp/vectors", "exp/extraction_eval",
-                "exp/prompt_sets", "exp/inference_responses", "exp/projections", "exp/variant_diff", "exp/calibration"}
+                "exp/prompt_sets", "exp/inference_responses", "exp/projections", "exp/variant_diff", "exp/calibration",
+                # the model variants, as sources: all of them, and the extraction (and steering) variant alone
+                "exp/models", "exp/models_extraction"}
     assert expected == set(assets)
     responses = assets["exp/responses"]
     keys = responses.partitions_def.get_partition_keys()

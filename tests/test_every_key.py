@@ -121,6 +121,8 @@ CHANGES: dict[str, typing.Any] = {
     "storage.uri": "./elsewhere",
     "storage.endpoint_url": "http://127.0.0.1:9",
     "storage.region": "auto",
+    "automation.on_change": "materialize",
+    "automation.schedule": "0 3 * * *",
     # model variants: the `chat` variant inline, and `name` in a model file
     "variant.name": "zzz",
     "variant.model": "some-org/some-model",
@@ -242,12 +244,12 @@ def observations(root: Path):
     yield "variants", {name: spec.model_dump() for name, spec in exp.variants.items()}
     yield "traits", {name: trait_reading(project, exp, name) for name in exp.traits}
     yield "graph", asset_graph(project)
-    from traitflow.pipeline import StageContext
+    from traitflow.stages.context import ReadContext
 
-    uri = str(StageContext.create(project, exp.name, load_model=lambda v: None).store.uri)
+    uri = str(ReadContext.create(project, exp.name).store.uri)
     yield "store", uri.replace(str(root.resolve()), "<root>").replace(str(root), "<root>")
-    yield "extraction batches", forward_batches(project, exp.name, "run_responses", trait="starter/formal", variant="chat")
-    yield "calibration batches", forward_batches(project, exp.name, "run_calibration", variant="chat")
+    yield "extraction batches", forward_batches(project, exp.name, "extraction.run_responses", trait="starter/formal", variant="chat")
+    yield "calibration batches", forward_batches(project, exp.name, "inference.run_calibration", variant="chat")
     yield "steering batch size", steering_batch_size(project, exp.name)
 
 
@@ -271,25 +273,28 @@ def asset_graph(project) -> dict:
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         parts = node.partitions_def.get_partition_keys() if node.partitions_def else None
-        out[key.to_user_string()] = (parts, sorted(k.to_user_string() for k in node.parent_keys))
+        condition = node.automation_condition.get_label() if node.automation_condition else None
+        out[key.to_user_string()] = (parts, sorted(k.to_user_string() for k in node.parent_keys), condition)
     return out
 
 
 def forward_batches(project, experiment: str, stage: str, **partition) -> list[int]:
     """The batch sizes of the forward passes one stage runs on a real model."""
+    import importlib
     import tempfile
 
-    from traitflow import pipeline
     from traitflow.model.loading import MODEL_CACHE
+    from traitflow.stages.context import StageContext
 
     with tempfile.TemporaryDirectory() as out:
-        ctx = pipeline.StageContext.create(project, experiment, storage_uri=out)
+        ctx = StageContext.create(project, experiment, storage_uri=out)
         loaded = MODEL_CACHE.get(ctx.experiment.variants["chat"], project.root)
         sizes: list[int] = []
         handle = loaded.model.register_forward_pre_hook(lambda _m, args, kwargs: sizes.append(
             int((kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[0])), with_kwargs=True)
         try:
-            getattr(pipeline, stage)(ctx, **partition)
+            module, function = stage.split(".")  # e.g. "extraction.run_responses"
+            getattr(importlib.import_module(f"traitflow.stages.{module}"), function)(ctx, **partition)
         finally:
             handle.remove()
     return sorted(set(sizes))
@@ -297,13 +302,14 @@ def forward_batches(project, experiment: str, stage: str, **partition) -> list[i
 
 def steering_batch_size(project, experiment: str) -> int | str:
     """The batch size the steering stage takes from the spec (over extraction artifacts made once)."""
-    from traitflow import pipeline
     from traitflow.model.loading import MODEL_CACHE
+    from traitflow.stages.context import StageContext
+    from traitflow.stages.steering import steering_setup
 
-    ctx = pipeline.StageContext.create(project, experiment, storage_uri=str(EXTRACTED))
+    ctx = StageContext.create(project, experiment, storage_uri=str(EXTRACTED))
     loaded = MODEL_CACHE.get(ctx.experiment.variants["chat"], project.root)
     try:
-        return pipeline.steering_setup(ctx, "starter/formal", "chat", loaded).batch_size
+        return steering_setup(ctx, "starter/formal", "chat", loaded).batch_size
     except Exception as exc:  # noqa: BLE001 - a change that breaks the setup shows as its message
         return str(exc)
 
@@ -313,14 +319,16 @@ EXTRACTED = Path()  # set by base_observations: a store holding starter/formal|c
 
 @pytest.fixture(scope="module")
 def base_observations(base_root, tmp_path_factory) -> dict:
-    from traitflow import pipeline
     from traitflow.specs.loader import load_project
+    from traitflow.stages import extraction
+    from traitflow.stages.context import StageContext
 
     global EXTRACTED
     EXTRACTED = tmp_path_factory.mktemp("extracted")
-    ctx = pipeline.StageContext.create(load_project(base_root), "x", storage_uri=str(EXTRACTED))
-    for stage in ("run_responses", "run_vetting", "run_activations", "run_vectors", "run_extraction_eval"):
-        getattr(pipeline, stage)(ctx, "starter/formal", "chat")
+    ctx = StageContext.create(load_project(base_root), "x", storage_uri=str(EXTRACTED))
+    for stage in (extraction.run_responses, extraction.run_vetting, extraction.run_activations, extraction.run_vectors,
+                  extraction.run_extraction_eval):
+        stage(ctx, "starter/formal", "chat")
     return dict(observations(base_root))
 
 

@@ -43,7 +43,7 @@ def readers(field: str) -> set[str]:
     if field == "variant.name":  # the name of a model file no experiment here uses
         return set()
     if kind == "variant" or field == "variants":
-        direct = {r.name for r in ASSETS if r.reads_model}
+        direct = set()  # a variant is versioned by its `models` source, per variant (test_model_sources)
     elif kind == "trait":
         overridden = {path for path, keys in TRAIT_OVERRIDES.items() if rest in keys}
         direct = {r.name for r in ASSETS if overridden & set(r.reads)}
@@ -82,7 +82,8 @@ def test_a_field_changes_exactly_its_readers(field, base_root, tmp_path):  # noq
 # Spec fields that shape partitions and paths rather than results (they change which partitions
 # exist, not what one partition holds) — any stage may read them.
 STRUCTURE = {"name", "variants", "traits", "extraction.variant", "steering.variants", "inference.variants",
-             "inference.prompt_sets", "storage.uri", "comparisons", "steering.vectors_from", "inference.vectors_from"}
+             "inference.prompt_sets", "storage.uri", "comparisons", "steering.vectors_from", "inference.vectors_from",
+             "inference.replay"}  # which asset holds a variant's responses (inference_responses or replayed_responses)
 PROPERTIES = {"extraction.positions": "extraction.position"}
 
 
@@ -110,19 +111,19 @@ def covered(path: str, fields: set[str]) -> bool:
     return any(path == f or path.startswith(f + ".") or f.startswith(path + ".") for f in fields)
 
 
-STAGE_CALLS = [  # (asset, stage function, partition) on the materialized slice (tests/conftest.py)
-    ("responses", "run_responses", {"trait": "starter/optimism", "variant": "chat"}),
-    ("vetting", "run_vetting", {"trait": "starter/optimism", "variant": "chat"}),
-    ("activations", "run_activations", {"trait": "starter/optimism", "variant": "chat"}),
-    ("vectors", "run_vectors", {"trait": "starter/optimism", "variant": "chat"}),
-    ("extraction_eval", "run_extraction_eval", {"trait": "starter/optimism", "variant": "chat"}),
-    ("logit_lens", "run_logit_lens", {"trait": "starter/optimism", "variant": "chat"}),
-    ("steering", "run_steering_stage", {"trait": "starter/optimism", "variant": "chat"}),
-    ("best_vector", "run_best_vector", {"trait": "starter/optimism"}),
-    ("calibration", "run_calibration", {"variant": "chat"}),
-    ("inference_responses", "run_inference_responses", {"prompt_set": "starter/general", "variant": "chat"}),
-    ("projections", "run_projections", {"prompt_set": "starter/general", "variant": "chat"}),
-    ("variant_diff", "run_variant_diff", {"comparison": "chat_vs_plain/starter/general"}),
+STAGE_CALLS = [  # (asset, stage function in traitflow.stages, partition) on the materialized slice (tests/conftest.py)
+    ("responses", "extraction.run_responses", {"trait": "starter/optimism", "variant": "chat"}),
+    ("vetting", "extraction.run_vetting", {"trait": "starter/optimism", "variant": "chat"}),
+    ("activations", "extraction.run_activations", {"trait": "starter/optimism", "variant": "chat"}),
+    ("vectors", "extraction.run_vectors", {"trait": "starter/optimism", "variant": "chat"}),
+    ("extraction_eval", "extraction.run_extraction_eval", {"trait": "starter/optimism", "variant": "chat"}),
+    ("logit_lens", "extraction.run_logit_lens", {"trait": "starter/optimism", "variant": "chat"}),
+    ("steering", "steering.run_steering_stage", {"trait": "starter/optimism", "variant": "chat"}),
+    ("best_vector", "steering.run_best_vector", {"trait": "starter/optimism"}),
+    ("calibration", "inference.run_calibration", {"variant": "chat"}),
+    ("inference_responses", "inference.run_inference_responses", {"prompt_set": "starter/general", "variant": "chat"}),
+    ("projections", "inference.run_projections", {"prompt_set": "starter/general", "variant": "chat"}),
+    ("variant_diff", "comparison.run_variant_diff", {"comparison": "chat_vs_plain/starter/general"}),
 ]
 
 
@@ -130,9 +131,10 @@ def test_stages_read_only_what_the_table_says(project_root, materialized, tmp_pa
     """Run every stage once with a recording spec: each reads only its row's `reads` and
     `settings` (plus the fields that shape partitions). A field read but not declared would
     change results without marking anything stale: the drift this table exists to prevent."""
+    import importlib
     from dataclasses import replace
 
-    from traitflow import pipeline
+    from traitflow.stages.context import StageContext
 
     store = tmp_path / "store"
     shutil.copytree(project_root / "experiments", store)
@@ -143,8 +145,9 @@ def test_stages_read_only_what_the_table_says(project_root, materialized, tmp_pa
         log: set[str] = set()
         project.experiments["t"] = replace(exp, spec=Recorder(exp.spec, "", log))
         try:
-            ctx = pipeline.StageContext.create(project, "t", storage_uri=str(store))
-            getattr(pipeline, stage)(ctx, **partition)
+            ctx = StageContext.create(project, "t", storage_uri=str(store))
+            module, function = stage.split(".")
+            getattr(importlib.import_module(f"traitflow.stages.{module}"), function)(ctx, **partition)
         finally:
             project.experiments["t"] = exp
         allowed = set(row(asset).reads) | set(row(asset).settings) | STRUCTURE

@@ -129,3 +129,129 @@ def test_bad_storage_fails_before_any_run(copy_of_slice, monkeypatch, capsys, tm
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["error: storage 's3://bucket/x': s3:// storage is not supported yet; use a local folder"]
     assert len(instance.get_run_records()) == before  # nothing was observed or run
+
+
+def test_editing_one_variant_reruns_only_its_partitions(copy_of_slice):
+    """Each variant is a source versioned by its spec and weights: a change to `plain` re-runs what
+    reads `plain` (its replies, calibration, projections, the chat-vs-plain comparison), not chat's."""
+    root, instance = copy_of_slice
+    spec = root / "specs" / "experiments" / "t.yaml"
+    spec.write_text(spec.read_text().replace("plain: {model: models/llama, device: cpu, chat_template: false}",
+                                             "plain: {model: models/llama, device: cpu, chat_template: false, dtype: float32}"))
+    before = len(instance.get_run_records())
+    run_experiment(load_project(root), "t", stages=["all"], instance=instance)
+    assert runs_by_asset(instance, before) == {
+        "inference_responses": {"starter/general|plain"}, "calibration": {"plain"},
+        "projections": {"starter/general|plain"}, "variant_diff": {"chat_vs_plain/starter/general"}}
+
+
+def test_model_version_follows_the_weights(tmp_path):
+    """Retraining an adapter in place (same file names) changes the variant's version; so does a
+    config edit; a hub id is versioned by its revision."""
+    from traitflow.model.fingerprint import model_version
+    from traitflow.specs.models import ModelSpec
+
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * (2 << 20))  # over 1 MiB: sized and timed, not read
+    spec = ModelSpec(model="some-org/base", lora="lora")
+    first = model_version(spec, tmp_path)
+    assert model_version(spec, tmp_path) == first
+    os.utime(adapter / "adapter_model.safetensors", ns=(1, 1))  # rewritten weights: a new modification time
+    second = model_version(spec, tmp_path)
+    assert second != first
+    (adapter / "adapter_config.json").write_text('{"r": 16}')
+    assert model_version(spec, tmp_path) != second
+    assert model_version(spec.model_copy(update={"revision": "abc123"}), tmp_path) != model_version(spec, tmp_path)
+
+
+def requested(result) -> dict[str, set[str]]:
+    """Asset name -> partitions an automation evaluation requested."""
+    out: dict[str, set[str]] = {}
+    for request in result.results:
+        key = request.key
+        partitions = result.get_requested_partitions(key) if isinstance(key, dg.AssetKey) else set()
+        if partitions:
+            out[key.path[-1]] = set(partitions)
+    return out
+
+
+def edit_optimism(root) -> None:
+    path = root / "datasets/traits/starter/optimism/positive.jsonl"
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace('"prompt": "', '"prompt": "Honestly, ', 1)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_on_change_materialize_requests_exactly_the_edited_traits_chain(copy_of_slice):
+    """`automation: {on_change: materialize}`: once the dataset sensor has observed an edited
+    trait, Dagster's automation requests that trait's chain, and nothing of the other trait."""
+    from assets import build_defs
+
+    root, instance = copy_of_slice
+    spec = root / "specs" / "experiments" / "t.yaml"
+    spec.write_text(spec.read_text() + "automation: {on_change: materialize}\n")
+    defs = build_defs(load_project(root))
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert requested(first) == {}  # everything is up to date: no GPU work starts
+    edit_optimism(root)
+    defs = build_defs(load_project(root))
+    defs.resolve_job_def("t_observe_trait_datasets").execute_in_process(instance=instance)  # what the sensor does
+    # Tick by tick, run what each tick requests (one run per partition key, as the automation
+    # sensor launches them) until nothing more is requested.
+    done: dict[str, set[str]] = {}
+    cursor, job = first.cursor, defs.resolve_implicit_global_asset_job_def()
+    for _tick in range(8):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        cursor, wanted = result.cursor, requested(result)
+        if not wanted:
+            break
+        by_partition: dict[str, list[dg.AssetKey]] = {}
+        for name, partitions in wanted.items():
+            for partition in partitions:
+                by_partition.setdefault(partition, []).append(dg.AssetKey(["t", name]))
+                done.setdefault(name, set()).add(partition)
+        for partition, keys in by_partition.items():
+            job.execute_in_process(asset_selection=keys, partition_key=partition, instance=instance)
+    chain = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens", "steering")
+    assert done == {**{name: {"starter/optimism|chat"} for name in chain}, "best_vector": {"starter/optimism"},
+                    "projections": {"starter/general|chat", "starter/general|plain"},
+                    "variant_diff": {"chat_vs_plain/starter/general"}}
+
+
+def test_default_automation_keeps_gpu_work_manual(copy_of_slice):
+    from assets import build_defs
+
+    root, instance = copy_of_slice
+    defs = build_defs(load_project(root))
+    graph = defs.resolve_asset_graph()
+    assert all(graph.get(key).automation_condition is None for key in graph.get_all_asset_keys())
+    edit_optimism(root)
+    defs.resolve_job_def("t_observe_trait_datasets").execute_in_process(instance=instance)
+    assert requested(dg.evaluate_automation_conditions(defs=defs, instance=instance)) == {}
+
+
+def test_schedule_reruns_what_went_stale_at_its_tick(copy_of_slice):
+    """`automation: {schedule: "0 3 * * *"}`: nothing runs between ticks; at the tick, the
+    partitions that went stale since they last ran do."""
+    import datetime
+
+    from assets import build_defs
+
+    root, instance = copy_of_slice
+    spec = root / "specs" / "experiments" / "t.yaml"
+    spec.write_text(spec.read_text() + 'automation: {schedule: "0 3 * * *"}\n')
+    defs = build_defs(load_project(root))
+    day = datetime.datetime(2030, 1, 1, 1, 0, tzinfo=datetime.UTC)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=day)
+    edit_optimism(root)
+    defs = build_defs(load_project(root))
+    defs.resolve_job_def("t_observe_trait_datasets").execute_in_process(instance=instance)
+    before_tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor,
+                                                    evaluation_time=day + datetime.timedelta(hours=1))
+    assert requested(before_tick) == {}
+    at_tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before_tick.cursor,
+                                                evaluation_time=day + datetime.timedelta(hours=2, minutes=1))
+    assert requested(at_tick)["responses"] == {"starter/optimism|chat"}
+    assert all("starter/formal" not in p for parts in requested(at_tick).values() for p in parts)

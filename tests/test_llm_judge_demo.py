@@ -87,3 +87,39 @@ def test_unreachable_judge_is_one_line(llm_project, judge_server, capsys, monkey
     assert code == 2
     assert "unreachable" in err and "sk-test" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_failed_vetting_stops_only_that_traits_chain(llm_project, judge_server, capsys):
+    """The check is recorded per partition: formality's replies get no confident score, so its
+    `min_per_side` fails and its chain stops, while optimism's goes on, in the same runs."""
+    shutil.copytree(REPO / "datasets" / "traits" / "toy" / "formality", llm_project / "datasets" / "traits" / "toy" / "formality")
+    spec = llm_project / "specs" / "experiments" / "llmjudge.yaml"
+    spec.write_text(spec.read_text().replace("traits: [toy/optimism]", "traits: [toy/optimism, toy/formality]"))
+    instance = dg.DagsterInstance.ephemeral()
+    run_experiment(load_project(llm_project), "llmjudge", stages=["extraction"], instance=instance)
+    assert "skipping toy/formality's chain: vetting/min_per_side failed" in capsys.readouterr().out
+
+    check = dg.AssetCheckKey(dg.AssetKey(["llmjudge", "vetting"]), "min_per_side")
+    status = {i.partition_key: i.latest_execution_status.value
+              for i in instance.event_log_storage.get_asset_check_partition_info([check])}
+    assert status == {"toy/optimism|chat": "SUCCEEDED", "toy/formality|chat": "FAILED"}
+    activations = dg.AssetKey(["llmjudge", "activations"])
+    assert instance.get_materialized_partitions(activations) == {"toy/optimism|chat"}
+    store = llm_project / "experiments" / "llmjudge"
+    assert not (store / "activations" / "toy" / "formality").exists()
+
+    # A run from the UI over both traits (one step, a partition range) skips formality's partition
+    # and still does optimism's: one failing trait no longer fails the others.
+    from assets import build_defs
+
+    defs = build_defs(load_project(llm_project))
+    keys = defs.resolve_assets_def(activations).partitions_def.get_partition_keys()
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        asset_selection=[activations], instance=instance, raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
+    assert result.success
+    events = {m.partition: m.metadata for m in result.asset_materializations_for_node("llmjudge__activations")}
+    assert set(events) == {"toy/optimism|chat", "toy/formality|chat"}
+    assert "vetting/min_per_side failed" in events["toy/formality|chat"]["skipped"].value
+    assert "skipped" not in events["toy/optimism|chat"]
+    assert not (store / "activations" / "toy" / "formality").exists()

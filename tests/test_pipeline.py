@@ -44,9 +44,10 @@ def test_runs_cover_all_partitions_in_one_run_per_stage(materialized):
     runs = instance.get_runs()
     observations = [r for r in runs if r.job_name.startswith("t_observe_")]
     materializations = [r for r in runs if not r.job_name.startswith("t_observe_")]
-    # One run per stage (generation, extraction, steering, selection, calibration, inference, comparison),
-    # not one per partition.
-    assert len(observations) == 2 and len(materializations) == 7
+    # One observation per source (trait datasets, prompt sets, the models of all variants and of the
+    # extraction variant), then one run per stage (generation, extraction, steering, selection,
+    # calibration, inference, comparison), not one per partition.
+    assert len(observations) == 4 and len(materializations) == 7
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     key = dg.AssetKey(["t", "vectors"])
     partitions = instance.get_materialized_partitions(key)

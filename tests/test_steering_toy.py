@@ -12,7 +12,8 @@ from pathlib import Path
 
 from traitflow.judge import KeywordJudge
 from traitflow.model.chat import prompt_ids
-from traitflow.pipeline import StageContext, read_best_vector, steering_setup
+from traitflow.stages.context import ReadContext, StageContext
+from traitflow.stages.steering import read_best_vector, steering_setup
 from traitflow.steer.generate import steered_generate
 from traitflow.steer.interventions import Ablate, Steer
 from traitflow.steer.run import ResultsLog
@@ -28,7 +29,7 @@ def keywords(root: Path, trait: str) -> tuple[list[str], list[str]]:
 
 
 def test_search_raises_optimism_by_30_points_coherently(toy_demo):
-    best = read_best_vector(StageContext.create(toy_demo["project"], "demo", load_model=lambda v: None), "toy/optimism")
+    best = read_best_vector(ReadContext.create(toy_demo["project"], "demo"), "toy/optimism")
     assert best["rule"].startswith(("steering", "cma_es"))
     assert best["delta"] >= 30, best
     assert best["coherence_mean"] >= 77, best
@@ -61,7 +62,7 @@ def test_negative_coefficient_lowers_optimism(toy_demo):
 def test_ablating_refusal_direction_lowers_refusal_rate(toy_demo):
     """The classic refusal-direction result: the difference of means at the last prompt token,
     projected out of the residual stream (each layer's own direction at that layer)."""
-    from traitflow.pipeline import load_vectors
+    from traitflow.stages.which_vector import load_vectors
 
     ctx = StageContext.create(toy_demo["project"], "demo")
     loaded = ctx.load_model("chat")
@@ -116,8 +117,8 @@ def test_killed_steering_run_resumes_without_redoing_configurations(toy_demo, tm
 def test_new_rubric_rescores_stored_answers_without_generating(toy_demo, tmp_path):
     import shutil
 
-    from traitflow.pipeline import run_steering_stage
     from traitflow.specs.loader import load_project
+    from traitflow.stages.steering import run_steering_stage
 
     root = tmp_path / "proj"
     shutil.copytree(toy_demo["root"], root, ignore=shutil.ignore_patterns("projections", "inference_responses"))
@@ -153,22 +154,27 @@ def test_cma_es_refines_the_best_run(toy_demo):
     assert abs(float(vector.norm()) - 1.0) < 1e-4
 
 
-def test_cma_es_is_a_method_like_the_others(toy_demo, tmp_path):
-    """The refined vector loads as method `cma_es` (at its one layer) and works for evaluation,
-    steering setup and llama.cpp export."""
-    from traitflow.export import export_gguf
-    from traitflow.extract.capture import ActivationSet
+def test_cma_es_is_its_own_artifact_not_an_extracted_vector(toy_demo, tmp_path):
+    """The refinement is the `cma_es` artifact, read by name (one layer, method `cma_es`); the
+    extracted vectors upstream of it never contain it, so extraction_eval cannot read a descendant.
+    It still exports to llama.cpp like any vector."""
+    from traitflow.artifacts import Activations
+    from traitflow.export import export_experiment_gguf, export_gguf
     from traitflow.extract.vectors import evaluate_vectors
-    from traitflow.pipeline import load_vectors, trait_partition
+    from traitflow.stages.which_vector import load_vectors, refined_vectors
 
-    ctx = StageContext.create(toy_demo["project"], "demo")
+    ctx = ReadContext.create(toy_demo["project"], "demo")
     vectors = load_vectors(ctx, "toy/optimism", "chat")
+    assert not [key for key in vectors.vectors if key[2] == "cma_es"]
+    scores = evaluate_vectors(ctx.artifacts.read(Activations, "toy/optimism", "chat"), vectors)
+    assert scores and not [s for s in scores if s.method == "cma_es"]
     record = json.loads((toy_demo["root"] / "experiments/demo/cma_es/toy/optimism/chat/cma_es.json").read_text())
-    assert vectors.defined_layers("prompt[-1]", "residual", "cma_es") == [record["layer"]]
-    acts = ActivationSet.from_tensors(*ctx.store.read_tensors(ctx.path("activations", trait_partition("toy/optimism", "chat"))))
-    scores = evaluate_vectors(acts, vectors)
-    assert not [s for s in scores if s.method == "cma_es"]  # no held-out threshold for it: skipped, not NaN rows
-    out = export_gguf(vectors, "prompt[-1]", "residual", "cma_es", tmp_path / "cma.gguf")
+    variant, refined = refined_vectors(ctx, "toy/optimism")
+    assert variant == "chat" and refined.layers == [record["layer"]]
+    assert refined.defined_layers("prompt[-1]", "residual", "cma_es") == [record["layer"]]
+    out = export_gguf(refined, "prompt[-1]", "residual", "cma_es", tmp_path / "cma.gguf")
+    via_cli = export_experiment_gguf(toy_demo["project"], "demo", "toy/optimism", method="cma_es", out=tmp_path / "cli.gguf")
+    assert via_cli.layers == [record["layer"]]
     import gguf
 
     reader = gguf.GGUFReader(str(out))

@@ -98,23 +98,25 @@ TRAIT, COMPARISON = "starter/optimism", "chat_vs_lora/starter/one"
 def run(tmp_path_factory, tiny_loaded, tiny_lora_dir) -> dict:
     """Extraction with one held-out pair (20 pairs, val_split 0.05), and a one-prompt comparison of
     the tiny Llama with and without a LoRA, through the pipeline's own stage functions."""
-    from traitflow import pipeline
+    from traitflow.artifacts import ExtractionEval, VariantDiff
     from traitflow.specs.loader import load_project
+    from traitflow.stages import comparison, extraction, inference
+    from traitflow.stages.context import StageContext
 
     root = make_project(tmp_path_factory.mktemp("strict"), EXPERIMENT)
     (root / "datasets" / "inference" / "starter" / "one.json").write_text(
         json.dumps({"name": "one", "prompts": [{"id": "only", "text": "Hello there! How are you today?"}]}))
     tiny_lora_dir("llama")
     models = {"chat": tiny_loaded("llama"), "lora": tiny_loaded("llama", lora="loras/llama")}
-    ctx = pipeline.StageContext.create(load_project(root), "exp", load_model=models.__getitem__, log=lambda line: None)
-    for stage in (pipeline.run_responses, pipeline.run_vetting, pipeline.run_activations, pipeline.run_vectors,
-                  pipeline.run_extraction_eval):
+    ctx = StageContext.create(load_project(root), "exp", load_model=models.__getitem__, log=lambda line: None)
+    for stage in (extraction.run_responses, extraction.run_vetting, extraction.run_activations, extraction.run_vectors,
+                  extraction.run_extraction_eval):
         stage(ctx, TRAIT, "chat")
-    pipeline.run_inference_responses(ctx, "starter/one", "chat")
-    numbers = pipeline.run_variant_diff(ctx, COMPARISON)
-    return {"root": root, "ctx": ctx, "numbers": numbers,
-            "eval_path": ctx.path("extraction_eval", pipeline.trait_partition(TRAIT, "chat")),
-            "diff_path": ctx.store.path("exp", "variant_diff", tuple(COMPARISON.split("/")), "variant_diff.json")}
+    inference.run_inference_responses(ctx, "starter/one", "chat")
+    output = comparison.run_variant_diff(ctx, COMPARISON)
+    return {"root": root, "ctx": ctx, "numbers": output.metadata(),
+            "eval_path": ctx.artifacts.path(ExtractionEval, TRAIT, "chat"),
+            "diff_path": ctx.artifacts.path(VariantDiff, COMPARISON)}
 
 
 def test_every_json_artifact_of_the_run_is_strict(run):

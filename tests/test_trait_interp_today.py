@@ -168,7 +168,7 @@ def test_symlinked_trait_folder_outside_the_root_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("strip", [False, True])
 def test_prefix_in_steering_and_report(tmp_path, capsys, strip):
-    from traitflow.pipeline import steering_questions
+    from traitflow.stages.steering import steering_questions
 
     root = make_root(tmp_path, EXPERIMENT + f"steering: {{strip_prefix: {str(strip).lower()}}}\n")
     project = load_project(root)

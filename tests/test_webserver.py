@@ -53,12 +53,17 @@ def webserver(project_root, materialized):
                 time.sleep(0.5)
         yield port
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process, signal.SIGTERM)
         log.close()
+
+
+def stop_group(process: subprocess.Popen, sig: int, timeout: float = 30) -> None:
+    """Stop a server started with `start_new_session=True` and everything it started (only those)."""
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 MATERIALIZATIONS = """

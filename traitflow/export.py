@@ -246,10 +246,12 @@ def export_experiment_gguf(
         TraitflowError (one line) for an unknown trait, variant or position, a missing artifact,
         a method that was not extracted, or layers that cannot be exported.
     """
+    from traitflow.artifacts import ExtractionEval
     from traitflow.extract.layers import parse_layers
-    from traitflow.pipeline import StageContext, load_vectors, read_extraction_eval
+    from traitflow.stages.context import ReadContext
+    from traitflow.stages.which_vector import CMA_ES, load_vectors, refined_vectors
 
-    ctx = StageContext.create(project, experiment, load_model=lambda v: None, storage_uri=storage_uri)
+    ctx = ReadContext.create(project, experiment, storage_uri=storage_uri)  # read-only: no model
     exp = ctx.experiment
     if trait not in exp.traits:
         raise TraitflowError(f"experiment {exp.name!r} has no trait {trait!r} (traits: {', '.join(exp.traits)})")
@@ -264,6 +266,14 @@ def export_experiment_gguf(
     if position not in positions:
         raise TraitflowError(f"position {position!r} was not extracted (extraction.position: {', '.join(positions)})")
     vectors = load_vectors(ctx, trait, variant)
+    if method == CMA_ES:
+        # The CMA-ES refinement is its own artifact (cma_es, at one layer), not among the extracted
+        # vectors; it keeps their metadata (model, component, variant) for the file's hints.
+        refined = refined_vectors(ctx, trait)
+        if refined is None:
+            raise TraitflowError(f"method cma_es: {trait} has no CMA-ES refinement yet (steering.cma_es); materialize `cma_es` first")
+        refined[1].metadata = {**refined[1].metadata, **vectors.metadata}
+        vectors = refined[1]
     component = vectors.metadata.get("component") or exp.spec.extraction.component
     stored_methods = sorted({m for p, c, m in vectors.vectors if p == position and c == component})
     if method is not None and method not in stored_methods:
@@ -271,7 +281,7 @@ def export_experiment_gguf(
                              f"(extracted: {', '.join(stored_methods) or 'none'})")
     best_layer = None
     if method is None or "best" in (layers or ""):
-        best = _best_row(read_extraction_eval(ctx, trait, variant), position, method)
+        best = _best_row(ctx.artifacts.read(ExtractionEval, trait, variant), position, method)
         if not best:
             raise TraitflowError(f"extraction_eval of {trait} ({variant}) has no {method or 'vector'} at {position!r}")
         method, best_layer = str(best["method"]), int(best["layer"])

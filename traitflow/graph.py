@@ -8,7 +8,8 @@ the model (the `gpu` pool).
 
 Derived from this table: the Dagster asset factories in `assets/` (keys, deps, kinds, checks,
 pools, descriptions, code versions), the chained code versions in
-:meth:`traitflow.specs.loader.Experiment.code_version`, and the stages of `traitflow run`.
+:meth:`traitflow.specs.loader.Experiment.code_version`, the stages of `traitflow run`, and the
+artifact classes of :mod:`traitflow.artifacts` (file name and partition folders).
 `tests/test_graph.py` checks that the factories build exactly these edges and that editing any
 spec field changes the code version of exactly the assets that read it and their descendants.
 
@@ -17,7 +18,7 @@ This module imports nothing heavy (no Dagster, no torch).
 
 from dataclasses import dataclass
 
-__all__ = ["ASSETS", "EXTRACTION_ASSETS", "FILES", "STAGES", "AssetRow", "descendants", "row"]
+__all__ = ["ASSETS", "BLOCKING_CHECKS", "EXTRACTION_ASSETS", "STAGES", "AssetRow", "descendants", "row"]
 
 # How an asset is partitioned:
 #   trait_variant    trait × the extraction variant
@@ -25,6 +26,8 @@ __all__ = ["ASSETS", "EXTRACTION_ASSETS", "FILES", "STAGES", "AssetRow", "descen
 #   trait            one per trait
 #   variant          one per variant
 #   prompt_variant   prompt set × inference variant
+#   prompt_generating prompt set × inference variant with responses of its own (generated or imported)
+#   prompt_replay    prompt set × inference variant that replays another's tokens (`inference.replay`)
 #   comparison       one per comparison
 
 
@@ -40,10 +43,11 @@ class AssetRow:
     description: str
     settings: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
+    blocking: tuple[str, ...] = ()  # checks whose failure stops that partition's trait chain
     gpu: bool = False
-    reads_model: bool = False  # its result depends on the variants' model specs
+    reads_model: bool = False  # depends on its variants' `models` source (spec + weights, per variant)
     vector_stage: str | None = None  # reads vectors: follows `<vector_stage>.vectors_from`
-    opt_in: str | None = None  # built only when this spec field is true
+    opt_in: str | None = None  # built only when this spec field is set (true, non-empty)
 
 
 ASSETS: tuple[AssetRow, ...] = (
@@ -54,7 +58,7 @@ ASSETS: tuple[AssetRow, ...] = (
              "extraction.vetting", "extraction.position"), "vetting.json", ("json",),
              "Judge scores of each reply's first 16 words; which replies express their pole.",
              settings=("judge.max_concurrency", "judge.timeout_s", "judge.max_retries", "judge.backoff_s",
-                       "judge.max_failure_rate", "judge.deadline_s"), checks=("min_per_side",)),
+                       "judge.max_failure_rate", "judge.deadline_s"), checks=("min_per_side",), blocking=("min_per_side",)),
     AssetRow("activations", "extraction", "trait_variant", ("responses", "vetting"),
              ("extraction.position", "extraction.component", "extraction.layers", "extraction.vetting.enabled"),
              "activations.safetensors",
@@ -92,17 +96,22 @@ ASSETS: tuple[AssetRow, ...] = (
     AssetRow("calibration", "calibration", "variant", (), (), "calibration.json", ("pytorch", "json"),
              "Massive activation dims and mean norms per layer and component, on traitflow's neutral prompts.",
              settings=("inference.batch_size",), gpu=True, reads_model=True),
-    AssetRow("inference_responses", "inference", "prompt_variant", (),
-             ("inference.max_new_tokens", "inference.sample", "inference.replay", "inference.import_responses"), "responses.json",
-             ("pytorch", "json"), "Each variant's replies to the prompt set, with exact token ids.",
+    AssetRow("inference_responses", "inference", "prompt_generating", (),
+             ("inference.max_new_tokens", "inference.sample", "inference.import_responses"), "responses.json",
+             ("pytorch", "json"), "Each variant's replies to the prompt set (generated or imported), with exact token ids.",
              settings=("inference.batch_size",), gpu=True, reads_model=True),
-    AssetRow("projections", "inference", "prompt_variant", ("inference_responses", "vectors", "extraction_eval", "calibration"),
+    AssetRow("replayed_responses", "inference", "prompt_replay", ("inference_responses",), ("inference.replay",),
+             "responses.json", ("pytorch", "json"),
+             "Another variant's exact token ids run through this variant (`inference.replay`): the same tokens, this model.",
+             settings=("inference.batch_size",), gpu=True, reads_model=True, opt_in="inference.replay"),
+    AssetRow("projections", "inference", "prompt_variant",
+             ("inference_responses", "replayed_responses", "vectors", "extraction_eval", "calibration"),
              ("inference.layers", "inference.position", "inference.method", "inference.score", "inference.centre",
               "inference.clean_massive_dims", "inference.response_only", "inference.vectors_from", "extraction.position"),
              "projections.json",
              ("pytorch", "json"), "Per-token projections (h·v̂ and ‖h‖) of every response onto every trait's vector.",
              settings=("inference.batch_size",), gpu=True, vector_stage="inference"),
-    AssetRow("variant_diff", "comparison", "comparison", ("inference_responses", "vectors", "extraction_eval"),
+    AssetRow("variant_diff", "comparison", "comparison", ("inference_responses", "replayed_responses", "vectors", "extraction_eval"),
              ("comparisons", "steering.position", "inference.vectors_from", "extraction.position"), "variant_diff.json",
              ("pytorch", "json"),
              "A's responses replayed through A and B: Cohen's d, cosine and per-token/clause deltas per trait x layer.",
@@ -110,8 +119,8 @@ ASSETS: tuple[AssetRow, ...] = (
 )
 
 _BY_NAME = {r.name: r for r in ASSETS}
+BLOCKING_CHECKS = frozenset((r.name, check) for r in ASSETS for check in r.blocking)
 EXTRACTION_ASSETS = tuple(r.name for r in ASSETS if r.partitions == "trait_variant")
-FILES = {r.name: r.artifact for r in ASSETS}
 # `traitflow run` stages, in order, each with its assets in table order.
 STAGES: dict[str, list[str]] = {}
 for _row in ASSETS:

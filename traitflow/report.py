@@ -2,33 +2,39 @@
 
 from typing import Any
 
-from traitflow.pipeline import (
-    FILES,
-    StageContext,
-    comparison_key,
-    read_variant_diff,
-    steering_variants,
-    trait_partition,
-    vectors_context,
+from traitflow.artifacts import (
+    Activations,
+    BestVector,
+    ExtractionEval,
+    LogitLens,
+    Projections,
+    Responses,
+    Steering,
+    Vectors,
+    Vetting,
+    responses_artifact,
 )
 from traitflow.specs.loader import Project
+from traitflow.stages.comparison import comparison_key, read_variant_diff
+from traitflow.stages.context import ReadContext
+from traitflow.stages.which_vector import steering_variants, vectors_context
+
+EXTRACTION = (Responses, Vetting, Activations, Vectors, ExtractionEval, LogitLens)
 
 
 def build_report(project: Project, experiment: str, storage_uri: str | None = None) -> dict[str, Any]:
-    ctx = StageContext.create(project, experiment, load_model=lambda v: None, storage_uri=storage_uri)
-    exp = ctx.experiment
+    # Read-only: stored artifacts and specs, no model.
+    ctx = ReadContext.create(project, experiment, storage_uri=storage_uri)
+    exp, arts = ctx.experiment, ctx.artifacts
     variant = exp.extraction_variant
     traits: dict[str, Any] = {}
     for trait in exp.traits:
-        part = trait_partition(trait, variant)
-        materialized = [a for a in ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens")
-                        if ctx.path(a, part).exists()]
+        materialized = [a.asset for a in EXTRACTION if arts.exists(a, trait, variant)]
         extraction = None
         # An experiment that takes its vectors from another (`vectors_from`) reports that one's.
         src = ctx if exp.extracts else vectors_context(ctx, "steering")
-        source_part = trait_partition(trait, src.experiment.extraction_variant)
-        if src.path("extraction_eval", source_part).exists():
-            evaluation = src.store.read_json(src.path("extraction_eval", source_part))
+        evaluation = src.artifacts.read_optional(ExtractionEval, trait, src.experiment.extraction_variant)
+        if evaluation is not None:
             # The report's headline is the best vector at the first extraction position.
             position = src.experiment.extraction_for(trait).positions[0]
             best = evaluation["best"].get(position) or next(iter(evaluation["best"].values()))
@@ -37,15 +43,14 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
                           "variant": src.experiment.extraction_variant, "experiment": src.experiment.name,
                           **_reasons(best, ("cohens_d",))}
         steering = None
-        best_path = ctx.store.path(exp.name, "best_vector", tuple(trait.split("/")), FILES["best_vector"])
-        if best_path.exists():
+        best = arts.read_optional(BestVector, trait)
+        if best is not None:
             materialized.append("best_vector")
-            best = ctx.store.read_json(best_path)
             if best.get("delta") is not None:
                 steering = {k: best[k] for k in ("variant", "layer", "method", "coefficient", "baseline", "trait_mean",
                                                  "coherence_mean", "delta")}
-        for variant in steering_variants(exp):
-            if ctx.path("steering", trait_partition(trait, variant)).exists() and "steering" not in materialized:
+        for steered in steering_variants(exp):
+            if arts.exists(Steering, trait, steered) and "steering" not in materialized:
                 materialized.insert(len(materialized) - ("best_vector" in materialized), "steering")
         dataset = project.traits[trait]
         prefix = dataset.steering.adversarial_prefix if dataset.steering else None
@@ -55,8 +60,8 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
     inference: dict[str, list[str]] = {}
     for prompt_set in exp.spec.inference.prompt_sets:
         for v in exp.inference_variants:
-            part = (*prompt_set.split("/"), v)
-            inference[f"{prompt_set}|{v}"] = [a for a in ("inference_responses", "projections") if ctx.path(a, part).exists()]
+            responses = responses_artifact(exp.spec.inference.replay, v)
+            inference[f"{prompt_set}|{v}"] = [a.asset for a in (responses, Projections) if arts.exists(a, prompt_set, v)]
     comparisons: dict[str, dict] = {}
     for comparison in exp.spec.comparisons:
         record = read_variant_diff(ctx, comparison_key(comparison.a, comparison.b, comparison.prompt_set))
@@ -125,5 +130,5 @@ def format_report(report: dict[str, Any]) -> str:
                          + (f"  (d: {row['cohens_d_reason']})" if row.get("cohens_d_reason") else ""))
     lines.append("")
     lines.append(f"artifacts: {report['storage']}/{report['experiment']}/<asset>/<partition>/ "
-                 f"(e.g. vectors/<trait>/<variant>/{FILES['vectors']})")
+                 f"(e.g. vectors/<trait>/<variant>/{Vectors.file})")
     return "\n".join(lines)

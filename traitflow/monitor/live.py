@@ -259,25 +259,24 @@ class TraitMonitor:
     scores: list[float] = field(default_factory=list)
 
 
-def _require_vectors(ctx: Any, trait: str) -> None:
+def _require_vectors(src: Any, trait: str) -> None:
     """The trait's vectors (those of `inference.vectors_from` when set) must be materialized."""
-    from traitflow.pipeline import trait_partition
+    from traitflow.artifacts import ExtractionEval, Vectors
 
-    exp = ctx.experiment
-    part = trait_partition(trait, exp.extraction_variant)
-    if not ctx.path("vectors", part).exists() or not ctx.path("extraction_eval", part).exists():
+    exp = src.experiment
+    if not all(src.artifacts.exists(a, trait, exp.extraction_variant) for a in (Vectors, ExtractionEval)):
         raise TraitflowError(f"{trait}: vectors are not materialized yet; run `traitflow run {exp.name} --stages extraction` first")
 
 
 def _monitors(ctx: Any, traits: list[str]) -> list[TraitMonitor]:
-    from traitflow.pipeline import load_vectors, monitored_vector, vectors_context
+    from traitflow.stages.which_vector import monitored_vector, vectors_context, vectors_for_method
 
     src = vectors_context(ctx, "inference")
     out = []
     for trait in traits:
         _require_vectors(src, trait)
         position, component, method, layer = monitored_vector(ctx, trait)
-        vectors = load_vectors(src, trait, src.experiment.extraction_variant)
+        vectors = vectors_for_method(src, trait, method)  # `inference.method: cma_es`: the refinement
         key = (position, component, method)
         vector = vectors.vector(position, component, method, layer)
         baseline = vectors.baselines.get(key)
@@ -289,7 +288,8 @@ def _monitors(ctx: Any, traits: list[str]) -> list[TraitMonitor]:
 
 def _steers(ctx: Any, specs: Sequence[str]) -> tuple[list[Any], list[str]]:
     """Parse ``TRAIT:COEF``; each steers at the trait's best steering layer (else its monitored layer)."""
-    from traitflow.pipeline import load_vectors, monitored_vector, read_best_vector, vectors_context
+    from traitflow.artifacts import BestVector, CmaEs
+    from traitflow.stages.which_vector import CMA_ES, load_vectors, monitored_vector, vectors_context, vectors_for_method
     from traitflow.steer.interventions import Steer
 
     exp = ctx.experiment
@@ -307,14 +307,19 @@ def _steers(ctx: Any, specs: Sequence[str]) -> tuple[list[Any], list[str]]:
         src = vectors_context(ctx, "inference")
         _require_vectors(src, trait)
         vectors = load_vectors(src, trait, src.experiment.extraction_variant)
-        best = read_best_vector(ctx, trait)
+        best = ctx.artifacts.read_optional(BestVector, trait)
         choice = None
         if best is not None:
             key = (best["position"], best["component"], best["method"])
+            if best["method"] == CMA_ES and best.get("variant"):
+                # The best vector is a CMA-ES refinement: this experiment's own, of the variant it names.
+                if CmaEs.vector_path(ctx.store, ctx.experiment.name, trait, best["variant"]).exists():
+                    vectors = CmaEs.read_vectors(ctx.store, ctx.experiment.name, trait, best["variant"])
             if key in vectors.vectors and int(best["layer"]) in vectors.defined_layers(*key):
                 choice = (*key, int(best["layer"]), "best vector")
         if choice is None:
             choice = (*monitored_vector(ctx, trait), "monitored vector")
+            vectors = vectors_for_method(src, trait, choice[2])
         position, component, method, layer, source = choice
         config.append(Steer(vectors.vector(position, component, method, layer), layer, coefficient, positions="response"))
         notes.append(f"steer {trait} ({source}: {position} {component} {method}, layer {layer}) × {coefficient:g}")
@@ -343,8 +348,9 @@ def run_monitor(
     import torch
 
     from traitflow.model.chat import prompt_ids
-    from traitflow.pipeline import StageContext
+    from traitflow.model.loading import MODEL_CACHE
     from traitflow.specs.loader import load_project
+    from traitflow.stages.context import ReadContext
 
     out = out or sys.stdout
     if colour is None:
@@ -353,7 +359,7 @@ def run_monitor(
         raise TraitflowError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     project = load_project(root, experiments=[experiment], strict=False)
     project.require(experiment)
-    ctx = StageContext.create(project, experiment, storage_uri=storage_uri, log=lambda _: None)
+    ctx = ReadContext.create(project, experiment, storage_uri=storage_uri)  # artifacts only; the model is loaded below
     exp = ctx.experiment
     if variant not in exp.variants:
         raise TraitflowError(f"unknown variant {variant!r}; experiment {exp.name} has {', '.join(exp.variants)}")
@@ -361,7 +367,7 @@ def run_monitor(
     if not chosen:
         raise TraitflowError(f"--traits {traits!r} matches none of {exp.name}'s traits ({', '.join(exp.traits)})")
     monitors = _monitors(ctx, chosen)
-    loaded = ctx.load_model(variant)
+    loaded = MODEL_CACHE.get(exp.variants[variant], project.root)
     config, notes = _steers(ctx, steer)
 
     lead = monitors[0]

@@ -53,6 +53,15 @@ class Experiment:
         return list(self.spec.inference.variants) or list(self.variants)
 
     @property
+    def generating_variants(self) -> list[str]:
+        """Inference variants with responses of their own (generated or imported): the others replay one."""
+        return [v for v in self.inference_variants if v not in self.spec.inference.replay]
+
+    @property
+    def replaying_variants(self) -> list[str]:
+        return [v for v in self.inference_variants if v in self.spec.inference.replay]
+
+    @property
     def extracts(self) -> bool:
         """Whether any stage uses this experiment's own vectors (else extraction is left out)."""
         return not ({"steering", "inference"} <= set(self.vector_sources))
@@ -79,7 +88,9 @@ class Experiment:
         through its upstream assets, so a change shows as stale exactly where it matters (e.g. a
         new vetting threshold re-filters and re-extracts, but does not regenerate responses).
         Per-trait overrides in trait.yaml count as the fields they override; vectors from another
-        experiment chain through its versions."""
+        experiment chain through its versions. Model variants are not here: each is a source
+        asset versioned per variant (assets/sources.py), so one variant's change marks only its
+        own partitions stale."""
         from traitflow.graph import EXTRACTION_ASSETS, row
 
         spec_row = row(asset)
@@ -93,8 +104,6 @@ class Experiment:
                          for key in TRAIT_OVERRIDES.get(dotted_path, ()) if getattr(config, key) is not None}
             if overrides:
                 payload[f"{dotted_path}@traits"] = overrides
-        if spec_row.reads_model:
-            payload["variants"] = {k: v.model_dump(mode="json", exclude={"name"}) for k, v in sorted(self.variants.items())}
         source = self.vector_sources.get(spec_row.vector_stage) if spec_row.vector_stage else None
         payload["upstream"] = [
             (source.code_version(up) if source is not None and up in EXTRACTION_ASSETS else self.code_version(up))
@@ -630,6 +639,8 @@ def _resolve_experiment(
         check_variant(("inference", "replay", variant), source)
         if source in spec.inference.replay:
             err(("inference", "replay", variant), f"{source!r} replays another variant itself; replay a generating variant")
+        elif spec.inference.variants and source in variants and source not in spec.inference.variants:
+            err(("inference", "replay", variant), f"{source!r} is not among inference.variants, so it has no responses to replay")
     for variant, file in spec.inference.import_responses.items():
         check_variant(("inference", "import", variant), variant)
         try:

@@ -220,6 +220,23 @@ class StorageSpec(Strict):
     region: str | None = None
 
 
+class AutomationSpec(Strict):
+    on_change: Literal["mark_stale", "materialize"] = Field(
+        "mark_stale", description="mark_stale: edits show as stale and wait for you; materialize: the automation sensor "
+                                  "re-runs the edited trait's or prompt set's chain (GPU work starts by itself).")
+    schedule: str | None = Field(None, description="Cron string: on this schedule, re-run what is missing or stale.")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from dagster._utils.schedules import is_valid_cron_string  # only when a schedule is set: importing it costs 1 s
+
+            if not is_valid_cron_string(value):
+                raise ValueError(f"{value!r} is not a cron string (five fields, e.g. '0 3 * * *' for 03:00 daily)")
+        return value
+
+
 EXPERIMENT_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"  # it becomes a Dagster key prefix and group name
 
 
@@ -237,6 +254,7 @@ class ExperimentSpec(Strict):
     comparisons: list[ComparisonSpec] = Field(default_factory=list)
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
     storage: StorageSpec = StorageSpec()
+    automation: AutomationSpec = AutomationSpec()
 
     @field_validator("variants")
     @classmethod

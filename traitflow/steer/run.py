@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from traitflow.artifacts import SCHEMA_VERSION, Steering
 from traitflow.data.traits import TraitDataset
 from traitflow.steer.search import Schedule, grid_multipliers, round_multiplier, run_grid, run_search
 from traitflow.store.atomic import atomic_write_text, json_text
@@ -83,7 +84,7 @@ def search_description(schedule: Schedule, coefficients: list[float] | None) -> 
 class ResultsLog:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.path = folder / "results.jsonl"
+        self.path = folder / Steering.RESULTS_LOG
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -287,9 +288,10 @@ def write_summary(results: ResultsLog, baseline: dict, min_coherence: float, dir
             per_layer[row["layer"]] = row
         if row["valid"] and (best is None or delta > best["delta"]):
             best = row
-    summary = {"baseline": baseline, "best": best, "best_per_layer": [per_layer[k] for k in sorted(per_layer)],
+    # The `steering` artifact (traitflow.artifacts.Steering): its file name and schema version are the table's.
+    summary = {"schema_version": SCHEMA_VERSION, "baseline": baseline, "best": best, "best_per_layer": [per_layer[k] for k in sorted(per_layer)],
                "runs": len(runs), "min_coherence": min_coherence}
     if search is not None:
         summary["search"] = search
-    atomic_write_text(results.folder / "summary.json", json_text(summary, indent=1))
+    atomic_write_text(results.folder / Steering.file, json_text(summary, indent=1))
     return summary

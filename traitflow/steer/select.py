@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from traitflow.artifacts import CmaEs
+
 
 def choose_best_vector(trait: str, steering: dict[str, dict], evaluation: dict, position: str, source_variant: str,
                        refined: dict[str, dict] | None = None) -> dict[str, Any]:
@@ -16,7 +18,7 @@ def choose_best_vector(trait: str, steering: dict[str, dict], evaluation: dict, 
                 "source_variant": source_variant, "position": cma["position"], "component": cma["component"],
                 "method": "cma_es", "layer": cma["layer"], "coefficient": cma["coefficient"], "multiplier": None,
                 "baseline": cma["baseline"], "trait_mean": cma["trait_mean"], "coherence_mean": cma["coherence_mean"],
-                "delta": cma["delta"], "vector_file": f"cma_es/{trait}/{variant}/vectors.safetensors",
+                "delta": cma["delta"], "vector_file": CmaEs.relative_vector_path(trait, variant),
             }
     best, best_variant = None, None
     for variant, summary in sorted(steering.items()):

@@ -1,0 +1,60 @@
+"""`automation:` in an experiment's YAML, as Dagster declarative automation conditions.
+
+- `on_change: mark_stale` (the default) attaches nothing: an edited trait shows as stale in the UI
+  and waits for `traitflow run` or a click, so no GPU work starts by itself.
+- `on_change: materialize`: a partition runs when something it reads changed (a dataset or model
+  observation with a new version, an upstream materialization, an edit of the spec fields it
+  reads), so the `<experiment>_dataset_changes` sensor's observation of an edited trait re-runs
+  that trait's chain through Dagster's automation sensor, and only that trait's.
+- `schedule: "<cron>"`: at each cron tick, the partitions that are missing, or stale since they
+  last ran, run (e.g. `0 3 * * *` for a nightly monitoring run on a prompt set). Staleness counts
+  changes the automation sensor has seen since the schedule was added.
+
+Both wait for their upstream partitions to exist and not be running, and respect blocking checks
+per partition (a trait whose vetting failed does not go on).
+"""
+
+import os
+
+import dagster as dg
+
+from traitflow.specs.loader import Experiment
+
+AC = dg.AutomationCondition
+# How often the dataset sensors observe and the automation sensors evaluate (Dagster's default, 30 s).
+SENSOR_INTERVAL_S = int(os.environ.get("TRAITFLOW_SENSOR_INTERVAL_S", "30"))
+
+
+def _ready() -> dg.AutomationCondition:
+    return (~AC.any_deps_missing() & ~AC.any_deps_in_progress() & ~AC.in_progress()
+            & AC.all_deps_blocking_checks_passed())
+
+
+def _changed() -> dg.AutomationCondition:
+    return AC.any_deps_updated() | AC.code_version_changed()
+
+
+def automation_condition(exp: Experiment) -> dg.AutomationCondition | None:
+    spec = exp.spec.automation
+    conditions = []
+    if spec.on_change == "materialize":
+        conditions.append((_changed().since_last_handled() & _ready()).with_label("on_change: materialize"))
+    if spec.schedule is not None:
+        stale = AC.missing() | _changed().since(AC.newly_requested() | AC.newly_updated())
+        conditions.append((AC.cron_tick_passed(spec.schedule).since_last_handled() & stale & _ready())
+                          .with_label(f"schedule: {spec.schedule}"))
+    if not conditions:
+        return None
+    return conditions[0] if len(conditions) == 1 else (conditions[0] | conditions[1])
+
+
+def automation_sensor(exp: Experiment) -> dg.AutomationConditionSensorDefinition | None:
+    """The sensor that evaluates this experiment's conditions (running from the start: `automation:`
+    in the YAML is the switch), shown in the UI's Automation tab as `<experiment>_automation`."""
+    if automation_condition(exp) is None:
+        return None
+    return dg.AutomationConditionSensorDefinition(
+        f"{exp.name}_automation", target=dg.AssetSelection.groups(exp.name), default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=SENSOR_INTERVAL_S,
+        description=f"Runs what `automation:` in {exp.name}'s YAML asks for ({exp.spec.automation.on_change}"
+                    + (f", schedule {exp.spec.automation.schedule}" if exp.spec.automation.schedule else "") + ").")
