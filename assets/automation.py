@@ -18,6 +18,7 @@ import os
 
 import dagster as dg
 
+from traitflow.graph import row
 from traitflow.specs.loader import Experiment
 
 AC = dg.AutomationCondition
@@ -25,33 +26,44 @@ AC = dg.AutomationCondition
 SENSOR_INTERVAL_S = int(os.environ.get("TRAITFLOW_SENSOR_INTERVAL_S", "30"))
 
 
-def _ready() -> dg.AutomationCondition:
-    return (~AC.any_deps_missing() & ~AC.any_deps_in_progress() & ~AC.in_progress()
-            & AC.all_deps_blocking_checks_passed())
+def _ready(exp: Experiment, asset: str) -> dg.AutomationCondition:
+    missing = AC.any_deps_missing()
+    if row(asset).vector_stage == "inference":
+        # Projections and comparisons read every trait's vectors and leave out a trait without
+        # any (its vetting failed): one such trait must not hold them back for the others.
+        source = exp.vector_source("inference").name
+        missing = missing.ignore(dg.AssetSelection.assets(*(dg.AssetKey([source, name])
+                                                             for name in ("vectors", "extraction_eval", "cma_es"))))
+    return ~missing & ~AC.any_deps_in_progress() & ~AC.in_progress() & AC.all_deps_blocking_checks_passed()
 
 
 def _changed() -> dg.AutomationCondition:
     return AC.any_deps_updated() | AC.code_version_changed()
 
 
-def automation_condition(exp: Experiment) -> dg.AutomationCondition | None:
+def automation_condition(exp: Experiment, asset: str) -> dg.AutomationCondition | None:
     spec = exp.spec.automation
     conditions = []
     if spec.on_change == "materialize":
-        conditions.append((_changed().since_last_handled() & _ready()).with_label("on_change: materialize"))
+        conditions.append((_changed().since_last_handled() & _ready(exp, asset)).with_label("on_change: materialize"))
     if spec.schedule is not None:
         stale = AC.missing() | _changed().since(AC.newly_requested() | AC.newly_updated())
-        conditions.append((AC.cron_tick_passed(spec.schedule).since_last_handled() & stale & _ready())
+        conditions.append((AC.cron_tick_passed(spec.schedule).since_last_handled() & stale & _ready(exp, asset))
                           .with_label(f"schedule: {spec.schedule}"))
     if not conditions:
         return None
     return conditions[0] if len(conditions) == 1 else (conditions[0] | conditions[1])
 
 
+def reacts_to_changes(exp: Experiment) -> bool:
+    """Whether `automation:` runs anything by itself (then edits must be observed from the start)."""
+    return exp.spec.automation.on_change == "materialize" or exp.spec.automation.schedule is not None
+
+
 def automation_sensor(exp: Experiment) -> dg.AutomationConditionSensorDefinition | None:
     """The sensor that evaluates this experiment's conditions (running from the start: `automation:`
     in the YAML is the switch), shown in the UI's Automation tab as `<experiment>_automation`."""
-    if automation_condition(exp) is None:
+    if not reacts_to_changes(exp):
         return None
     return dg.AutomationConditionSensorDefinition(
         f"{exp.name}_automation", target=dg.AssetSelection.groups(exp.name), default_status=dg.DefaultSensorStatus.RUNNING,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from assets.automation import automation_condition
-from assets.checks import blocked_by_checks, check_metadata, failed_blocking_traits
+from assets.checks import blocked_by_checks, check_metadata, checked_experiment, failed_blocking_traits
 from assets.partitions import split_key
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.graph import row
@@ -27,7 +27,7 @@ def table_args(exp: Experiment, name: str) -> dict:
                 tags={"traitflow/stage": spec_row.stage, "traitflow/experiment": exp.name})
     if spec_row.gpu:
         args["pool"] = GPU_POOL
-    condition = automation_condition(exp)
+    condition = automation_condition(exp, name)
     if condition is not None:
         args["automation_condition"] = condition
     return args
@@ -81,7 +81,12 @@ def for_each_partition(
     partitions_def = context.assets_def.partitions_def
     keys = context.partition_keys
     asset = context.assets_def.key.path[-1]
-    blocked = failed_blocking_traits(context.instance, ctx.experiment) if blocked_by_checks(asset) else {}
+    reads_vectors = row(asset).vector_stage is not None
+    blocked = (failed_blocking_traits(context.instance, checked_experiment(ctx.experiment, asset))
+               if blocked_by_checks(asset) or reads_vectors else {})
+    ctx.blocked_traits = blocked  # projections and comparisons leave those traits out
+    if not blocked_by_checks(asset):
+        blocked = {}  # not partitioned by trait: nothing to skip here
     for number, key in enumerate(keys, start=1):
         dims = split_key(partitions_def, key) if isinstance(partitions_def, dg.MultiPartitionsDefinition) else {dimension: key}
         why = blocked.get(dims.get("trait", ""))

@@ -28,7 +28,7 @@ def build_inference_assets(
         })
 
     @dg.asset(**table_args(exp, "inference_responses"), partitions_def=prompt_set_variant(exp, generating),
-              deps=[dg.AssetDep(prompt_source, partition_mapping=to_set), models.per_variant(generating, "inference")])
+              deps=[dg.AssetDep(prompt_source, partition_mapping=to_set), models.per_variant(generating, "generating")])
     def inference_responses(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:
         return for_each_partition(context, inference_stage.run_inference_responses, stage_context(context, project, exp, model, storage))
 
@@ -51,6 +51,7 @@ def build_inference_assets(
         replayed = [replayed_responses]
 
     every = dg.AllPartitionMapping()
+    vectors_from = exp.vector_source("inference")  # whose vectors (and CMA-ES refinements) are monitored
 
     # Calibration serves the monitored (inference) variants.
     @dg.asset(**table_args(exp, "calibration"), partitions_def=dg.StaticPartitionsDefinition(exp.inference_variants),
@@ -62,6 +63,8 @@ def build_inference_assets(
     @dg.asset(
         **table_args(exp, "projections"), partitions_def=partitions,
         deps=[*responses, dg.AssetDep(source.vectors, partition_mapping=every), dg.AssetDep(source.extraction_eval, partition_mapping=every),
+              *([dg.AssetDep(dg.AssetKey([vectors_from.name, "cma_es"]), partition_mapping=every)]
+                if vectors_from.spec.steering.cma_es.enabled else []),
               dg.AssetDep(calibration, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant"))],
     )
     def projections(context: dg.AssetExecutionContext, model: ModelResource, storage: ArtifactStoreResource) -> dg.MaterializeResult:

@@ -1,7 +1,7 @@
 """`traitflow run`: materialize an experiment through Dagster, in this process.
 
-Runs go to the instance of DAGSTER_HOME when set (so they show in `dagster dev`), else to a
-temporary instance. Each stage's partitions go in as few runs as possible (a partition range per
+Runs go to the instance of DAGSTER_HOME when set (so they show in `dagster dev`), else to one kept
+beside the artifacts (`<storage>/.dagster`, see `open_instance`). Each stage's partitions go in as few runs as possible (a partition range per
 run), and every run shares this process's model cache, so each model loads once.
 
 A run executes in this process, so no run launcher or daemon watches it: if the process is killed
@@ -29,7 +29,7 @@ from assets import build_defs
 from assets.checks import failed_blocking_traits
 from assets.common import GPU_POOL
 from assets.freshness import Freshness
-from assets.sources import current_versions, observe_jobs, observed_already
+from assets.sources import current_versions, observe_jobs, observed_already, versions_of
 from resources.progress import progress_logger
 from traitflow.errors import TraitflowError
 from traitflow.graph import STAGES  # stage -> assets, in order: the asset table's
@@ -82,7 +82,7 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     exp = project.experiments[experiment]
     names = _asset_names(stages)
     # A bad --storage / TRAITFLOW_STORAGE fails here, in one line, before any Dagster run starts.
-    open_store(os.environ.get("TRAITFLOW_STORAGE") or exp.spec.storage.uri, project.root)
+    store = open_store(os.environ.get("TRAITFLOW_STORAGE") or exp.spec.storage.uri, project.root)
     defs = build_defs(project, loggers={"progress": progress_logger})
     all_assets = list(defs.assets or [])
     by_name = {a.key.path[-1]: a for a in all_assets if a.key.path[0] == experiment and isinstance(a, dg.AssetsDefinition)}
@@ -90,13 +90,7 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     if not traits:
         raise TraitflowError(f"--traits {trait_glob!r} matches none of {exp.traits}")
     if instance is None:
-        home = os.environ.get("DAGSTER_HOME")
-        if home and not os.path.isdir(home):
-            # Dagster insists the folder exists; start a fresh instance there (without the telemetry banner).
-            os.makedirs(home)
-            with open(os.path.join(home, "dagster.yaml"), "w") as config:
-                config.write("telemetry:\n  enabled: false\n")
-        instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
+        instance = open_instance(store.root)
     for line in fail_orphaned_runs(instance):
         print(line, flush=True)
     configure_gpu_pool(instance)
@@ -108,8 +102,8 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     versions = current_versions(project, exp)
     for job in observe_jobs(exp, [a for a in all_assets if isinstance(a, dg.SourceAsset) and a.key.path[0] == experiment]):
         source = defs.resolve_job_def(job.name).asset_layer.executable_asset_keys
-        if all(observed_already(instance, key, {p: v for p, v in versions[key.path[-1]].items()
-                                                if p in defs.resolve_assets_def(key).partitions_def.get_partition_keys()})
+        if all(observed_already(instance, key, versions_of(versions, key, defs.resolve_assets_def(key).partitions_def
+                                                           .get_partition_keys()))
                for key in source):
             continue  # no dataset file changed since the last observation
         observed = defs.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False,
@@ -124,7 +118,9 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
             continue
         # Traits whose blocking check failed (vetting left too few replies) stop at extraction, the
         # rest go on: the check results per partition say which (assets/checks.py).
-        failed = failed_blocking_traits(instance, exp) if stage in ("extraction", "steering", "selection") else {}
+        failed = {}
+        if stage in ("extraction", "steering", "selection"):
+            failed = failed_blocking_traits(instance, exp.vector_source("steering") if stage != "extraction" else exp)
         for trait in sorted(set(failed) & set(traits)) if stage == "extraction" else []:
             print(f"  skipping {trait}'s chain: {failed[trait]} (see the check in Dagster)", flush=True)
         # Per asset, the partitions to materialize; consecutive assets over the same partitions
@@ -156,6 +152,26 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     summary = f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s"
     summary += (": " + "; ".join(done)) if done else " (everything selected is up to date)"
     return summary + (f"; {sum(skipped)} up-to-date partition(s) skipped" if skipped else "")
+
+
+# No pool limit here: `traitflow run` runs one step at a time itself, and a second `traitflow run`
+# of a busy partition must be refused at once by the partition lock, not wait on a pool slot.
+# (`make demo`/`make ui` give their shared instance one slot per pool for runs from the UI.)
+INSTANCE_CONFIG = "telemetry:\n  enabled: false\n"
+
+
+def open_instance(store_root) -> dg.DagsterInstance:
+    """The Dagster instance that records this store's materializations: DAGSTER_HOME's when set
+    (`make demo` and `make ui` share `.dagster_home`), else one kept beside the artifacts,
+    `<storage>/.dagster`. Either way what ran is remembered, so runs are incremental, and the
+    instance never mixes up two stores' artifacts unless DAGSTER_HOME is shared between them."""
+    home = os.environ.get("DAGSTER_HOME") or os.path.join(str(store_root), ".dagster")
+    os.makedirs(home, exist_ok=True)
+    config = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(config):  # Dagster insists the folder exists; no telemetry banner either
+        with open(config, "w") as handle:
+            handle.write(INSTANCE_CONFIG)
+    return dg.DagsterInstance.from_config(home)
 
 
 TAG_HOST, TAG_PID, TAG_PID_START = "traitflow/host", "traitflow/pid", "traitflow/pid_start"

@@ -6,8 +6,8 @@ and the models, versioned per partition by content.
   retraining a LoRA in place, or editing one variant's spec, marks that variant's partitions
   stale and no other's. Dagster maps a per-variant source onto a trait × variant asset only when
   the source's partitions are exactly that asset's variant dimension, so a stage whose variants
-  are not all the experiment's gets its own source over its variants (`models_extraction`,
-  `models_steering`, `models_inference`, `models_replay`), versioned the same way.
+  are not all the experiment's gets its own source over its variants (`models_<stage>`: extraction,
+  steering, inference, generating, replay), versioned the same way.
 
 Observing records the current versions; when one changes, only the partitions downstream of it
 show as stale. `traitflow run` observes before it materializes, and the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.automation import SENSOR_INTERVAL_S
+from assets.automation import SENSOR_INTERVAL_S, reacts_to_changes
 from traitflow.data.prompts import prompt_set_versions
 from traitflow.data.traits import trait_versions
 from traitflow.errors import TraitflowError
@@ -66,6 +66,8 @@ class ModelSources:
         self.by_variants: dict[tuple[str, ...], dg.SourceAsset] = {}
 
     def _source(self, variants: list[str], stage: str) -> dg.SourceAsset:
+        """The source over exactly `variants`; each call site names its own `stage`, so two different
+        variant lists never get one name (the same list gets one source)."""
         key = tuple(variants)
         if key not in self.by_variants:
             project, exp = self.project, self.exp
@@ -94,7 +96,7 @@ class ModelSources:
     def every_variant(self, mapping: dict[str, list[str]] | None = None) -> dg.AssetDep:
         """For an asset partitioned by variant (identity), or by something else: `mapping` gives,
         per variant, the partitions that read it (a comparison reads its two variants)."""
-        source = self._source(list(self.exp.variants), "all")
+        source = self._source(list(self.exp.variants), "all")  # named `models`
         if mapping is None:
             return dg.AssetDep(source)
         return dg.AssetDep(source, partition_mapping=dg.StaticPartitionMapping(mapping))
@@ -131,7 +133,7 @@ def dataset_change_sensor(project: Project, exp: Experiment, jobs: list) -> dg.S
     # has run, or one whose `automation:` reacts to changes. The others start stopped (turn them
     # on in the UI's Automation tab).
     @dg.sensor(name=f"{exp.name}_dataset_changes", jobs=jobs, minimum_interval_seconds=SENSOR_INTERVAL_S,
-               default_status=dg.DefaultSensorStatus.RUNNING if has_run(project, exp) or exp.spec.automation.on_change == "materialize"
+               default_status=dg.DefaultSensorStatus.RUNNING if has_run(project, exp) or reacts_to_changes(exp)
                else dg.DefaultSensorStatus.STOPPED,
                description="Observes the datasets and models when a trait, prompt-set or model file changed, so stale "
                            "partitions show.")
@@ -154,12 +156,17 @@ def dataset_change_sensor(project: Project, exp: Experiment, jobs: list) -> dg.S
 
 def current_versions(project: Project, exp: Experiment) -> dict[str, dict[str, str]]:
     """Source asset name -> partition -> content hash, as an observation would record them now.
-    Every `models*` source of a variant has that variant's one version."""
-    models = {v: model_version(spec, project.root) for v, spec in exp.variants.items()}
-    versions = {"trait_datasets": trait_versions(project.root / TRAITS_DIR, exp.traits),
-                "prompt_sets": prompt_set_versions(project.root / INFERENCE_DIR, list(exp.spec.inference.prompt_sets))}
-    return versions | {name: models for name in ("models", "models_extraction", "models_steering", "models_inference",
-                                                  "models_replay")}
+    Every `models*` source has the same per-variant versions: read them with `versions_of`."""
+    return {"trait_datasets": trait_versions(project.root / TRAITS_DIR, exp.traits),
+            "prompt_sets": prompt_set_versions(project.root / INFERENCE_DIR, list(exp.spec.inference.prompt_sets)),
+            "models": {v: model_version(spec, project.root) for v, spec in exp.variants.items()}}
+
+
+def versions_of(versions: dict[str, dict[str, str]], source: dg.AssetKey, partitions: list[str]) -> dict[str, str]:
+    """The versions (from `current_versions`) of one source asset's partitions."""
+    name = source.path[-1]
+    by_partition = versions["models"] if name.startswith("models") else versions[name]
+    return {p: by_partition[p] for p in partitions}
 
 
 def observed_already(instance: dg.DagsterInstance, key: dg.AssetKey, versions: dict[str, str]) -> bool:

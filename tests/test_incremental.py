@@ -146,19 +146,26 @@ def test_editing_one_variant_reruns_only_its_partitions(copy_of_slice):
 
 
 def test_model_version_follows_the_weights(tmp_path):
-    """Retraining an adapter in place (same file names) changes the variant's version; so does a
-    config edit; a hub id is versioned by its revision."""
+    """A variant's version is its content: retraining an adapter in place (same file names and
+    sizes, new bytes) changes it, so does a config edit; touching or copying the files (a fresh
+    clone) does not; a hub id is versioned by its revision."""
     from traitflow.model.fingerprint import model_version
     from traitflow.specs.models import ModelSpec
 
     adapter = tmp_path / "lora"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"r": 8}')
-    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * (2 << 20))  # over 1 MiB: sized and timed, not read
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(b"\0" * (2 << 20))
     spec = ModelSpec(model="some-org/base", lora="lora")
     first = model_version(spec, tmp_path)
+    assert (tmp_path / ".traitflow" / "file_hashes.json").exists()  # the content hashes, by file stat
+    os.utime(weights, ns=(1, 1))  # new times, same bytes: a copy or a fresh clone
     assert model_version(spec, tmp_path) == first
-    os.utime(adapter / "adapter_model.safetensors", ns=(1, 1))  # rewritten weights: a new modification time
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter, copy / "lora")
+    assert model_version(spec, copy) == first  # another place, no cache yet: the same content
+    weights.write_bytes(b"\1" * (2 << 20))  # retrained in place
     second = model_version(spec, tmp_path)
     assert second != first
     (adapter / "adapter_config.json").write_text('{"r": 16}')
@@ -198,10 +205,18 @@ def test_on_change_materialize_requests_exactly_the_edited_traits_chain(copy_of_
     edit_optimism(root)
     defs = build_defs(load_project(root))
     defs.resolve_job_def("t_observe_trait_datasets").execute_in_process(instance=instance)  # what the sensor does
-    # Tick by tick, run what each tick requests (one run per partition key, as the automation
-    # sensor launches them) until nothing more is requested.
+    done = automate(defs, instance, first.cursor)
+    chain = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens", "steering")
+    assert done == {**{name: {"starter/optimism|chat"} for name in chain}, "best_vector": {"starter/optimism"},
+                    "projections": {"starter/general|chat", "starter/general|plain"},
+                    "variant_diff": {"chat_vs_plain/starter/general"}}
+
+
+def automate(defs, instance, cursor, experiment: str = "t") -> dict[str, set[str]]:
+    """Tick by tick, run what each tick requests (one run per partition key, as the automation
+    sensor launches them) until nothing more is requested; what ran."""
     done: dict[str, set[str]] = {}
-    cursor, job = first.cursor, defs.resolve_implicit_global_asset_job_def()
+    job = defs.resolve_implicit_global_asset_job_def()
     for _tick in range(8):
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
         cursor, wanted = result.cursor, requested(result)
@@ -210,14 +225,11 @@ def test_on_change_materialize_requests_exactly_the_edited_traits_chain(copy_of_
         by_partition: dict[str, list[dg.AssetKey]] = {}
         for name, partitions in wanted.items():
             for partition in partitions:
-                by_partition.setdefault(partition, []).append(dg.AssetKey(["t", name]))
+                by_partition.setdefault(partition, []).append(dg.AssetKey([experiment, name]))
                 done.setdefault(name, set()).add(partition)
         for partition, keys in by_partition.items():
             job.execute_in_process(asset_selection=keys, partition_key=partition, instance=instance)
-    chain = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens", "steering")
-    assert done == {**{name: {"starter/optimism|chat"} for name in chain}, "best_vector": {"starter/optimism"},
-                    "projections": {"starter/general|chat", "starter/general|plain"},
-                    "variant_diff": {"chat_vs_plain/starter/general"}}
+    return done
 
 
 def test_default_automation_keeps_gpu_work_manual(copy_of_slice):

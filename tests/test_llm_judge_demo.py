@@ -89,14 +89,24 @@ def test_unreachable_judge_is_one_line(llm_project, judge_server, capsys, monkey
     assert len(err.strip().splitlines()) == 1
 
 
-def test_failed_vetting_stops_only_that_traits_chain(llm_project, judge_server, capsys):
+def test_a_blocked_trait_stops_only_its_own_chain(llm_project, judge_server, capsys):
     """The check is recorded per partition: formality's replies get no confident score, so its
-    `min_per_side` fails and its chain stops, while optimism's goes on, in the same runs."""
-    shutil.copytree(REPO / "datasets" / "traits" / "toy" / "formality", llm_project / "datasets" / "traits" / "toy" / "formality")
+    `min_per_side` fails and its chain stops, while optimism's goes on in the same runs. Projections
+    leave formality out (and say so); a run from the UI over both traits skips formality's
+    partition; and under `automation: {on_change: materialize}` an edit of optimism re-runs its
+    chain and the projections, while formality's missing vectors hold nothing back."""
+    from assets import build_defs
+    from tests.test_incremental import automate  # the same tick loop
+
+    for folder in (("traits", "toy", "formality"), ("inference", "toy")):
+        shutil.copytree(REPO / "datasets" / Path(*folder), llm_project / "datasets" / Path(*folder))
     spec = llm_project / "specs" / "experiments" / "llmjudge.yaml"
-    spec.write_text(spec.read_text().replace("traits: [toy/optimism]", "traits: [toy/optimism, toy/formality]"))
+    spec.write_text(spec.read_text().replace("traits: [toy/optimism]", "traits: [toy/optimism, toy/formality]")
+                    + "steering: {search: {steps: 1, questions: 1, max_new_tokens: 4}}\n"
+                    + "inference: {variants: [chat], prompt_sets: [toy/general], max_new_tokens: 4}\n"
+                    + "automation: {on_change: materialize}\n")
     instance = dg.DagsterInstance.ephemeral()
-    run_experiment(load_project(llm_project), "llmjudge", stages=["extraction"], instance=instance)
+    run_experiment(load_project(llm_project), "llmjudge", stages=["all"], instance=instance)
     assert "skipping toy/formality's chain: vetting/min_per_side failed" in capsys.readouterr().out
 
     check = dg.AssetCheckKey(dg.AssetKey(["llmjudge", "vetting"]), "min_per_side")
@@ -107,11 +117,11 @@ def test_failed_vetting_stops_only_that_traits_chain(llm_project, judge_server, 
     assert instance.get_materialized_partitions(activations) == {"toy/optimism|chat"}
     store = llm_project / "experiments" / "llmjudge"
     assert not (store / "activations" / "toy" / "formality").exists()
+    projections = json.loads((store / "projections/toy/general/chat/projections.json").read_text())
+    assert projections["skipped_traits"] == ["toy/formality"] and set(projections["traits"]) == {"toy/optimism"}
 
     # A run from the UI over both traits (one step, a partition range) skips formality's partition
     # and still does optimism's: one failing trait no longer fails the others.
-    from assets import build_defs
-
     defs = build_defs(load_project(llm_project))
     keys = defs.resolve_assets_def(activations).partitions_def.get_partition_keys()
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
@@ -123,3 +133,15 @@ def test_failed_vetting_stops_only_that_traits_chain(llm_project, judge_server, 
     assert "vetting/min_per_side failed" in events["toy/formality|chat"]["skipped"].value
     assert "skipped" not in events["toy/optimism|chat"]
     assert not (store / "activations" / "toy" / "formality").exists()
+
+    # Automation: edit optimism, observe it as the dataset sensor would, and tick until done.
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    path = llm_project / "datasets/traits/toy/optimism/positive.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0].replace('"prompt": "', '"prompt": "Honestly, ', 1), *lines[1:]]) + "\n")
+    defs = build_defs(load_project(llm_project))
+    defs.resolve_job_def("llmjudge_observe_trait_datasets").execute_in_process(instance=instance)
+    done = automate(defs, instance, first.cursor, experiment="llmjudge")
+    assert done["responses"] == {"toy/optimism|chat"} and done["best_vector"] == {"toy/optimism"}
+    assert done["projections"] == {"toy/general|chat"}
+    assert all("toy/formality" not in p for parts in done.values() for p in parts)

@@ -247,3 +247,51 @@ def test_stage_vector_choices_are_checked_up_front(tmp_path, section, text, need
     spec = "name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\n" + text + "\n"
     errors = errors_of(make_project(tmp_path, spec))
     assert any(e.line == 4 and e.field.startswith(section) and needle in e.message for e in errors), [e.format() for e in errors]
+
+
+TWO_POSITIONS = """\
+name: exp
+variants: {a: {model: x/y}, b: {model: x/z}}
+traits: [starter/*]
+extraction: {position: ["prompt[-1]", "response[:5]"]}
+"""
+
+
+@pytest.mark.parametrize(
+    "text, line, field, needle",
+    [
+        # cma_es monitors with the refinement, made at the steering position (default: the first extraction position)
+        ("steering: {position: 'prompt[-1]', cma_es: {enabled: true}}\ninference:\n  method: cma_es\n  position: 'response[:5]'\n",
+         8, "inference.position", "made at the steering position 'prompt[-1]'; set inference.position to 'prompt[-1]'"),
+        ("steering: {cma_es: {enabled: true}}\ninference:\n  method: cma_es\n  position: 'response[:5]'\n",
+         8, "inference.position", "set inference.position to 'prompt[-1]'"),
+        ("steering: {position: 'response[:5]', cma_es: {enabled: true}}\ninference:\n  method: cma_es\n",
+         6, "inference.position", "set inference.position to 'response[:5]'"),
+        ("inference:\n  method: cma_es\n", 6, "inference.method", "inference.method cma_es needs steering.cma_es.enabled"),
+        # a variant replays or imports, and replays only when inference runs on it
+        ("inference:\n  import: {b: b.json}\n  replay: {b: a}\n", 7, "inference.replay.b", "also in inference.import"),
+        ("inference:\n  variants: [a]\n  replay: {b: a}\n", 7, "inference.replay.b", "not among inference.variants"),
+    ],
+)
+def test_inference_choices_that_cannot_run_fail_validation(tmp_path, text, line, field, needle):
+    root = make_project(tmp_path, TWO_POSITIONS + text)
+    (root / "b.json").write_text('[{"id": "1", "response": "hi"}]')
+    errors = errors_of(root)
+    assert any(e.line == line and e.field == field and needle in e.message for e in errors), [e.format() for e in errors]
+
+
+def test_inference_method_cma_es_at_the_steering_position_loads(tmp_path):
+    text = "steering: {position: 'response[:5]', cma_es: {enabled: true}}\ninference: {method: cma_es, position: 'response[:5]'}\n"
+    assert load_project(make_project(tmp_path, TWO_POSITIONS + text)).experiments["exp"]
+
+
+def test_inference_method_cma_es_from_another_experiment_needs_its_refinement(tmp_path):
+    """With inference.vectors_from, the refinement is the source's: its cma_es switch and steering position."""
+    root = make_project(tmp_path, TWO_POSITIONS.replace("name: exp", "name: src"))
+    (root / "specs" / "experiments" / "exp.yaml").rename(root / "specs" / "experiments" / "src.yaml")
+    (root / "specs" / "experiments" / "exp.yaml").write_text(
+        "name: exp\nvariants: {a: {model: x/y}}\ntraits: [starter/*]\nsteering: {cma_es: {enabled: true}}\n"
+        "inference: {vectors_from: src, method: cma_es}\n")
+    errors = errors_of(root)
+    assert [(e.field, e.line) for e in errors] == [("inference.method", 5)], [e.format() for e in errors]
+    assert "needs steering.cma_es.enabled of experiment 'src'" in errors[0].message

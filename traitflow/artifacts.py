@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, NotRequired, TypedDict, TypeVar
 
 from traitflow.errors import TraitflowError
-from traitflow.graph import ASSETS, row
+from traitflow.graph import row
 from traitflow.store import ArtifactStore
 
 if TYPE_CHECKING:
@@ -288,6 +288,7 @@ class InferenceResponsesRecord(TypedDict):
     max_new_tokens: NotRequired[int]
     replayed_from: NotRequired[str]  # mode replay: the variant whose token ids these are
     tokenized_from_text: NotRequired[bool]  # mode import: the file had text only
+    imported_from: NotRequired[str]  # mode import: the file's path
     input_hashes: dict[str, str]
     items: list[dict[str, Any]]  # {id, prompt, system_prompt, prompt_ids, response_ids, response}
 
@@ -491,15 +492,6 @@ class VariantDiff(JsonArtifact[VariantDiffRecord]):
 ARTIFACTS: dict[str, type[Artifact]] = {cls.asset: cls for cls in (
     Responses, Vetting, Activations, Vectors, ExtractionEval, LogitLens, Steering, CmaEs, BestVector, Calibration,
     InferenceResponses, ReplayedResponses, Projections, VariantDiff)}
-
-
-def artifact_for(asset: str) -> type[Artifact]:
-    """The artifact class of an asset of the table (a one-line error for an unknown one)."""
-    try:
-        return ARTIFACTS[asset]
-    except KeyError:
-        known = ", ".join(r.name for r in ASSETS if r.name in ARTIFACTS)
-        raise TraitflowError(f"no artifact class for asset {asset!r} (known: {known})") from None
 
 
 @dataclass(frozen=True)

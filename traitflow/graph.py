@@ -105,7 +105,8 @@ ASSETS: tuple[AssetRow, ...] = (
              "Another variant's exact token ids run through this variant (`inference.replay`): the same tokens, this model.",
              settings=("inference.batch_size",), gpu=True, reads_model=True, opt_in="inference.replay"),
     AssetRow("projections", "inference", "prompt_variant",
-             ("inference_responses", "replayed_responses", "vectors", "extraction_eval", "calibration"),
+             # cma_es: `inference.method: cma_es` monitors with the refinement (an edge whenever it is built)
+             ("inference_responses", "replayed_responses", "vectors", "extraction_eval", "calibration", "cma_es"),
              ("inference.layers", "inference.position", "inference.method", "inference.score", "inference.centre",
               "inference.clean_massive_dims", "inference.response_only", "inference.vectors_from", "extraction.position"),
              "projections.json",

@@ -1,11 +1,13 @@
-"""A model variant's version: what its results depend on, cheap enough to check every 30 s.
+"""A model variant's version: what its results depend on, by content, cheap to check every 30 s.
 
 It hashes the variant's spec (how it is loaded: dtype, quantization, chat template…) and the
 weights it points at:
-- a local model or LoRA folder: every file's relative path, size and modification time, and the
-  full content of files under 1 MiB (configs, tokenizers, chat templates). Weights are not read
-  byte by byte (gigabytes, every sensor tick); retraining a LoRA in place rewrites its files, which
-  changes their size or time;
+- a local model or LoRA folder: every file's relative path and the hash of its content. Hashing
+  gigabytes of weights every sensor tick is out of the question, so each file's content hash is
+  cached under the project root (`.traitflow/file_hashes.json`) by its path, size, modification
+  time and inode: a file is read again only when one of those changed. A LoRA retrained in place
+  is rehashed and gets a new version; a fresh clone or a copy (new times, same bytes) is read once
+  and keeps its version, so nothing goes stale for it;
 - a hub id: the id and `revision` (pin a commit for a version that means the same weights).
 """
 
@@ -15,40 +17,74 @@ import os
 from pathlib import Path
 
 from traitflow.specs.models import ModelSpec
+from traitflow.store.atomic import atomic_write_text
 
-SMALL_FILE = 1 << 20
-
-
-def _folder_entries(path: Path) -> list:
-    if path.is_file():
-        stat = path.stat()
-        return [[path.name, stat.st_size, stat.st_mtime_ns]]
-    entries = []
-    for folder, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            file = Path(folder) / name
-            stat = file.stat()
-            entry = [str(file.relative_to(path)), stat.st_size, stat.st_mtime_ns]
-            if stat.st_size <= SMALL_FILE:
-                entry.append(hashlib.sha256(file.read_bytes()).hexdigest())
-            entries.append(entry)
-    return entries
+CACHE = Path(".traitflow") / "file_hashes.json"
+CHUNK = 1 << 20
 
 
-def _weights(ref: str, revision: str | None, root: Path) -> dict:
+def _content_hash(file: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(file, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _HashCache:
+    """path -> (size, mtime_ns, inode, content hash); read once, written back only if it grew."""
+
+    def __init__(self, root: Path):
+        self.path = root / CACHE
+        try:
+            self.entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: start over (it is only a cache)
+            self.entries = {}
+        self.changed = False
+
+    def hash(self, file: Path) -> str:
+        stat = file.stat()
+        key, seen = str(file.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        entry = self.entries.get(key)
+        if isinstance(entry, list) and len(entry) == 4 and entry[:3] == seen:
+            return entry[3]
+        value = _content_hash(file)
+        self.entries[key] = [*seen, value]
+        self.changed = True
+        return value
+
+    def save(self) -> None:
+        if self.changed:
+            try:
+                atomic_write_text(self.path, json.dumps(self.entries))
+            except OSError:
+                pass  # a read-only project still gets correct versions, recomputed next time
+
+
+def _weights(ref: str, revision: str | None, root: Path, cache: _HashCache) -> dict:
     candidate = Path(ref).expanduser()
     if not candidate.is_absolute():
         candidate = root / candidate
-    if candidate.exists():
-        return {"local": _folder_entries(candidate)}
-    return {"hub": ref, "revision": revision}
+    if not candidate.exists():
+        return {"hub": ref, "revision": revision}
+    if candidate.is_file():
+        return {"local": [[candidate.name, cache.hash(candidate)]]}
+    entries = []
+    for folder, dirs, files in os.walk(candidate):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            file = Path(folder) / name
+            entries.append([str(file.relative_to(candidate)), cache.hash(file)])
+    return {"local": entries}
 
 
 def model_version(spec: ModelSpec, root: Path) -> str:
     """Content version of one variant (spec + weights), 16 hex digits."""
+    root = Path(root)
+    cache = _HashCache(root)
     payload = {"spec": spec.model_dump(mode="json", exclude={"name"}),
-               "model": _weights(spec.model, spec.revision, Path(root))}
+               "model": _weights(spec.model, spec.revision, root, cache)}
     if spec.lora:
-        payload["lora"] = _weights(spec.lora, None, Path(root))
+        payload["lora"] = _weights(spec.lora, None, root, cache)
+    cache.save()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

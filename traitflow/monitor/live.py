@@ -313,7 +313,7 @@ def _steers(ctx: Any, specs: Sequence[str]) -> tuple[list[Any], list[str]]:
             key = (best["position"], best["component"], best["method"])
             if best["method"] == CMA_ES and best.get("variant"):
                 # The best vector is a CMA-ES refinement: this experiment's own, of the variant it names.
-                if CmaEs.vector_path(ctx.store, ctx.experiment.name, trait, best["variant"]).exists():
+                if CmaEs.exists(ctx.store, ctx.experiment.name, trait, best["variant"]):
                     vectors = CmaEs.read_vectors(ctx.store, ctx.experiment.name, trait, best["variant"])
             if key in vectors.vectors and int(best["layer"]) in vectors.defined_layers(*key):
                 choice = (*key, int(best["layer"]), "best vector")

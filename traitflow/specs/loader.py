@@ -39,6 +39,7 @@ class Experiment:
     trait_configs: dict[str, TraitConfig] = field(default_factory=dict)  # each trait's trait.yaml overrides
     # stage ("steering" | "inference") -> the experiment whose vectors it uses (`<stage>.vectors_from`)
     vector_sources: dict[str, "Experiment"] = field(default_factory=dict)
+    _code_versions: dict[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)  # a cache
 
     @property
     def name(self) -> str:
@@ -91,6 +92,8 @@ class Experiment:
         experiment chain through its versions. Model variants are not here: each is a source
         asset versioned per variant (assets/sources.py), so one variant's change marks only its
         own partitions stale."""
+        if asset in self._code_versions:  # each asset's version chains through all its upstream ones
+            return self._code_versions[asset]
         from traitflow.graph import EXTRACTION_ASSETS, row
 
         spec_row = row(asset)
@@ -100,8 +103,9 @@ class Experiment:
             for part in dotted_path.split("."):
                 value = getattr(value, part)
             payload[dotted_path] = _dump(value)
+            keys = TRAIT_OVERRIDES.get(dotted_path, ())
             overrides = {trait: _dump(getattr(config, key)) for trait, config in sorted(self.trait_configs.items())
-                         for key in TRAIT_OVERRIDES.get(dotted_path, ()) if getattr(config, key) is not None}
+                         for key in keys if getattr(config, key) is not None} if keys else {}
             if overrides:
                 payload[f"{dotted_path}@traits"] = overrides
         source = self.vector_sources.get(spec_row.vector_stage) if spec_row.vector_stage else None
@@ -111,7 +115,9 @@ class Experiment:
         ]
         if source is not None:
             payload["vectors_from"] = source.name
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        version = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        self._code_versions[asset] = version
+        return version
 
 
 # trait.yaml keys that override experiment fields for that trait: spec field -> the trait.yaml keys.
@@ -480,6 +486,9 @@ def load_project(root: Path | str, experiments: list[str] | None = None, strict:
                     exp_errors.append(SpecError(exp.path, f"{position!r} is not among extraction.position {theirs} of "
                                                 f"experiment {source!r}", line=located.line_of((stage, "position")),
                                                 field=f"{stage}.position"))
+                problem = _cma_es_monitoring_problem(exp.spec, kept[source].spec) if stage == "inference" else None
+                if problem:
+                    exp_errors.append(SpecError(exp.path, problem[1], line=located.line_of(problem[0]), field=dotted(problem[0])))
                 sources[stage] = kept[source]
         if exp_errors:
             errors.extend(exp_errors)
@@ -637,6 +646,11 @@ def _resolve_experiment(
     for variant, source in spec.inference.replay.items():
         check_variant(("inference", "replay", variant), variant)
         check_variant(("inference", "replay", variant), source)
+        if variant in spec.inference.import_responses:
+            err(("inference", "replay", variant), f"{variant!r} is also in inference.import; a variant either replays or imports")
+        elif spec.inference.variants and variant in names and variant not in spec.inference.variants:
+            err(("inference", "replay", variant), f"{variant!r} is not among inference.variants {spec.inference.variants}, "
+                                                  "so nothing would run its replay")
         if source in spec.inference.replay:
             err(("inference", "replay", variant), f"{source!r} replays another variant itself; replay a generating variant")
         elif spec.inference.variants and source in variants and source not in spec.inference.variants:
@@ -648,6 +662,10 @@ def _resolve_experiment(
                 err(("inference", "import", variant), f"file {file!r} does not exist")
         except SpecError as exc:
             errors.append(exc)
+    if spec.inference.vectors_from is None:  # else the source's refinement, checked once vectors_from resolves
+        problem = _cma_es_monitoring_problem(spec, spec)
+        if problem:
+            err(*problem)
 
     prompt_sets: list[str] = []
     refs = [(("inference", "prompt_sets", i), p) for i, p in enumerate(spec.inference.prompt_sets)]
@@ -672,6 +690,22 @@ def _resolve_experiment(
     if errors:
         raise SpecErrors(errors)
     return Experiment(spec=spec, path=path, variants=variants, traits=sorted(traits), prompt_sets=sorted(prompt_sets)), explicit
+
+
+def _cma_es_monitoring_problem(spec: ExperimentSpec, source: ExperimentSpec) -> tuple[tuple, str] | None:
+    """`inference.method: cma_es` monitors with the CMA-ES refinement that `source` (this experiment,
+    or the one its inference.vectors_from names) makes at its steering position: (location, message)
+    when that refinement is off or made at another position than inference's."""
+    if spec.inference.method != "cma_es":
+        return None
+    theirs = "" if source is spec else f" of experiment {source.name!r}"
+    if not source.steering.cma_es.enabled:
+        return ("inference", "method"), f"inference.method cma_es needs steering.cma_es.enabled{theirs}"
+    steering = source.steering.position or source.extraction.positions[0]
+    if (spec.inference.position or source.extraction.positions[0]) != steering:
+        return ("inference", "position"), (f"inference.method cma_es monitors with the CMA-ES refinement, made at the "
+                                           f"steering position {steering!r}{theirs}; set inference.position to {steering!r}")
+    return None
 
 
 def _not_supported_yet(spec: ExperimentSpec, path: Path, located: LocatedYaml) -> list[SpecError]:

@@ -8,10 +8,14 @@ and tests call them directly.
 - :mod:`.context` — StageContext (what a stage gets), ReadContext (read-only, no model), StageOutput.
 - :mod:`.extraction` — responses, vetting, activations, vectors, extraction_eval, logit_lens.
 - :mod:`.steering` — steering, cma_es, best_vector.
-- :mod:`.inference` — inference_responses, calibration, projections.
+- :mod:`.inference` — inference_responses, replayed_responses, calibration, projections.
 - :mod:`.comparison` — variant_diff.
 - :mod:`.which_vector` — the one place that decides which vector a stage (or report, export,
   monitor) uses: `vectors_from`, the monitored and compared vectors, CMA-ES refinements.
 
-Artifact files are read and written only through :mod:`traitflow.artifacts`.
+Artifact files are read and written through :mod:`traitflow.artifacts`, with one exception: a
+steering search writes its own files as it goes (:mod:`traitflow.steer.run`): `summary.json` and
+`results.jsonl` under :class:`~traitflow.artifacts.Steering`'s names (`file`, `RESULTS_LOG`), and
+the answers of each run in `responses/<config>.json` beside them.
+Charts are written beside their artifact by the chart code.
 """

@@ -29,7 +29,7 @@ def run_variant_diff(ctx: StageContext, comparison: str) -> StageOutput:
     probes = []
     src = vectors_context(ctx, "inference")
     for trait in exp.traits:
-        if not has_vectors(src, trait):
+        if trait in ctx.blocked_traits or not has_vectors(src, trait):
             continue
         position, component, method = comparison_vector(ctx, trait)
         vectors = load_vectors(src, trait, src.experiment.extraction_variant)

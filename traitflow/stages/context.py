@@ -82,6 +82,9 @@ class StageContext(ReadContext):
 
     load_model: Callable[[str], Any] = _no_model  # variant name -> LoadedModel (cached per process)
     log: Callable[[str], None] = print
+    # Traits whose blocking check failed upstream (vetting left too few replies), with why: their
+    # stored vectors, if any, are from before and are not used. Set from Dagster's check results.
+    blocked_traits: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, project: Project, experiment: str, load_model: Callable[[str], Any] | None = None,  # type: ignore[override]

@@ -8,7 +8,8 @@ from traitflow.errors import TraitflowError
 from traitflow.stages.context import Markdown, ReadContext, StageContext, StageOutput
 from traitflow.stages.which_vector import CMA_ES, has_vectors, monitored_vector, vectors_context, vectors_for_method
 
-__all__ = ["inference_layers", "read_calibration", "run_calibration", "run_inference_responses", "run_projections"]
+__all__ = ["inference_layers", "read_calibration", "run_calibration", "run_inference_responses", "run_projections",
+           "run_replayed_responses"]
 
 
 def run_inference_responses(ctx: StageContext, prompt_set: str, variant: str) -> StageOutput:
@@ -93,9 +94,10 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> StageOu
     src = vectors_context(ctx, "inference")
     probes, skipped, baselines = [], [], {}
     for trait in exp.traits:
-        if not has_vectors(src, trait):
+        if trait in ctx.blocked_traits or not has_vectors(src, trait):
             skipped.append(trait)  # e.g. vetting left too few replies: there is no vector to monitor
-            ctx.log(f"projections: no vector for {trait} (extraction_eval of {src.experiment.name} missing); skipped")
+            why = ctx.blocked_traits.get(trait) or f"extraction_eval of {src.experiment.name} missing"
+            ctx.log(f"projections: no vector for {trait} ({why}); skipped")
             continue
         position, component, method, best = monitored_vector(ctx, trait)
         # `inference.method: cma_es` asks for the CMA-ES refinement by name; otherwise the extracted vectors.

@@ -55,11 +55,22 @@ def steering_variants(exp: Experiment) -> list[str]:
 
 def refined_vectors(ctx: ReadContext, trait: str) -> tuple[str, "VectorSet"] | None:
     """The CMA-ES refinement of a trait in `ctx`'s experiment: (steered variant, one-layer VectorSet)
-    of the first steered variant, in sorted order, that has one; None when none has."""
+    of the first steered variant, in sorted order, that has one; None when none has, or when that
+    experiment has `steering.cma_es.enabled: false` (a leftover of an earlier run is not used).
+    `cma_es.json` marks a finished refinement: run_cma_es writes it after the vector."""
+    if not ctx.experiment.spec.steering.cma_es.enabled:
+        return None
     for variant in sorted(steering_variants(ctx.experiment)):
-        if CmaEs.vector_path(ctx.store, ctx.experiment.name, trait, variant).exists():
+        if CmaEs.exists(ctx.store, ctx.experiment.name, trait, variant):
             return variant, CmaEs.read_vectors(ctx.store, ctx.experiment.name, trait, variant)
     return None
+
+
+def _no_refinement(src: ReadContext, trait: str, asker: str) -> TraitflowError:
+    if not src.experiment.spec.steering.cma_es.enabled:
+        return TraitflowError(f"{src.experiment.path}: {asker} needs steering.cma_es.enabled")
+    return TraitflowError(f"{src.experiment.path}: {asker} needs steering.cma_es results for {trait}; "
+                          "materialize `cma_es` first")
 
 
 def vectors_for_method(src: ReadContext, trait: str, method: str) -> "VectorSet":
@@ -67,8 +78,7 @@ def vectors_for_method(src: ReadContext, trait: str, method: str) -> "VectorSet"
     if method == CMA_ES:
         refined = refined_vectors(src, trait)
         if refined is None:
-            raise TraitflowError(f"{src.experiment.path}: method cma_es needs steering.cma_es results for {trait}; "
-                                 "materialize `cma_es` first")
+            raise _no_refinement(src, trait, "method cma_es")
         return refined[1]
     return load_vectors(src, trait, src.experiment.extraction_variant)
 
@@ -86,8 +96,12 @@ def monitored_vector(ctx: ReadContext, trait: str) -> tuple[str, str, str, int]:
     if spec.inference.method == CMA_ES:
         refined = refined_vectors(src, trait)
         if refined is None:
-            raise TraitflowError(f"{ctx.experiment.path}: inference.method cma_es needs steering.cma_es for {trait}")
-        component = next(iter({r["component"] for r in rows}), "residual")
+            raise _no_refinement(src, trait, "inference.method cma_es")
+        # The refinement's own key: it was made at the steering position, with one component.
+        made_at, component, _ = next(iter(refined[1].vectors))  # its one (position, component, cma_es)
+        if made_at != position:
+            raise TraitflowError(f"{ctx.experiment.path}: inference.method cma_es monitors {trait} with its CMA-ES "
+                                 f"refinement, made at the steering position {made_at!r}; set inference.position to {made_at!r}")
         return position, component, CMA_ES, refined[1].layers[0]
     if spec.inference.method:
         rows = [r for r in rows if r["method"] == spec.inference.method]
