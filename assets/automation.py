@@ -14,6 +14,7 @@ Both wait for their upstream partitions to exist and not be running, and respect
 per partition (a trait whose vetting failed does not go on).
 """
 
+import logging
 import os
 
 import dagster as dg
@@ -22,8 +23,21 @@ from traitflow.graph import row
 from traitflow.specs.loader import Experiment
 
 AC = dg.AutomationCondition
-# How often the dataset sensors observe and the automation sensors evaluate (Dagster's default, 30 s).
-SENSOR_INTERVAL_S = int(os.environ.get("TRAITFLOW_SENSOR_INTERVAL_S", "30"))
+
+
+def _sensor_interval() -> int:
+    """How often the dataset sensors observe and the automation sensors evaluate, in seconds
+    (TRAITFLOW_SENSOR_INTERVAL_S; Dagster's default, 30). A bad value is logged, not fatal: it is
+    read while the code location loads, and must not take it down."""
+    text = os.environ.get("TRAITFLOW_SENSOR_INTERVAL_S", "30")
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    logging.getLogger("traitflow").error("TRAITFLOW_SENSOR_INTERVAL_S must be a whole number of seconds >= 1, "
+                                         "got %r; using 30", text)
+    return 30
+
+
+SENSOR_INTERVAL_S = _sensor_interval()
 
 
 def _ready(exp: Experiment, asset: str) -> dg.AutomationCondition:

@@ -45,16 +45,18 @@ class Freshness:
         self.resolver = CachingStaleStatusResolver(self.instance, self.graph, _Loading(self.instance))
 
     def reason(self, key: dg.AssetKey, partition: str | None) -> str | None:
-        """Why this partition must run (missing, stale, or an upstream re-runs), or None when fresh."""
+        """Why this partition must run (an upstream re-runs, missing, or stale), or None when fresh."""
+        # Cheapest first: a partition whose upstream re-runs must run whatever its own status, and
+        # asking Dagster for a status costs several queries of the instance.
+        for parent in self.graph.get_parents_partitions(key, partition).parent_partitions:
+            if parent in self.scheduled:
+                return f"upstream {parent.asset_key.path[-1]} re-runs"
         status = self.resolver.get_status(key, partition)
         if status == StaleStatus.MISSING:
             return "missing"
         if status == StaleStatus.STALE:
             causes = self.resolver.get_stale_causes(key, partition)
             return f"stale ({causes[0].reason})" if causes else "stale"
-        for parent in self.graph.get_parents_partitions(key, partition).parent_partitions:
-            if parent in self.scheduled:
-                return f"upstream {parent.asset_key.path[-1]} re-runs"
         return None
 
     def schedule(self, key: dg.AssetKey, partition: str | None) -> None:

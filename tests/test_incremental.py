@@ -267,3 +267,16 @@ def test_schedule_reruns_what_went_stale_at_its_tick(copy_of_slice):
                                                 evaluation_time=day + datetime.timedelta(hours=2, minutes=1))
     assert requested(at_tick)["responses"] == {"starter/optimism|chat"}
     assert all("starter/formal" not in p for parts in requested(at_tick).values() for p in parts)
+
+
+def test_a_bad_sensor_interval_is_logged_not_fatal():
+    """TRAITFLOW_SENSOR_INTERVAL_S is read while the code location loads: a bad value must not
+    take it down. It is named on stderr, and the default holds."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import assets.automation as a; print(a.SENSOR_INTERVAL_S)"],
+                          env=dict(os.environ, TRAITFLOW_SENSOR_INTERVAL_S="ten"), capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0 and done.stdout.strip() == "30"
+    assert "TRAITFLOW_SENSOR_INTERVAL_S must be a whole number" in done.stderr and "Traceback" not in done.stderr
