@@ -21,6 +21,7 @@ from traitflow.store.atomic import atomic_write_text
 
 CACHE = Path(".traitflow") / "file_hashes.json"
 CHUNK = 1 << 20
+BIG_FILE = 64 << 20
 
 
 def _content_hash(file: Path) -> str:
@@ -51,12 +52,17 @@ class _HashCache:
         value = _content_hash(file)
         self.entries[key] = [*seen, value]
         self.changed = True
+        if stat.st_size >= BIG_FILE:
+            # Keep the work: the first hash of a model's weights can outlast a sensor tick's
+            # timeout, and the next tick must not start over.
+            self.save()
         return value
 
     def save(self) -> None:
         if self.changed:
             try:
                 atomic_write_text(self.path, json.dumps(self.entries))
+                self.changed = False
             except OSError:
                 pass  # a read-only project still gets correct versions, recomputed next time
 
