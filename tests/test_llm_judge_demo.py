@@ -79,7 +79,7 @@ def test_llm_judge_vets_and_second_run_is_free(llm_project, judge_server):
 def test_unreachable_judge_is_one_line(llm_project, judge_server, capsys, monkeypatch):
     from traitflow.cli import main
 
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # a temporary instance, whatever the caller's environment
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # the instance beside the artifacts, whatever the caller's environment
     spec = llm_project / "specs" / "experiments" / "llmjudge.yaml"
     spec.write_text(spec.read_text().replace(judge_server.url, "http://127.0.0.1:9"))
     code = main(["run", "llmjudge", "--root", str(llm_project), "--stages", "extraction"])
