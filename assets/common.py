@@ -71,8 +71,9 @@ def for_each_partition(
     attaching each partition's own headline numbers to its materialization.
 
     A stage may return checks (`{name: Check}`); each goes into that partition's metadata, from
-    which the asset's check step records the partition's evaluation (assets/checks.py). A partition of a trait whose blocking check failed
-    upstream (vetting left too few replies) is skipped: no artifact, and `skipped` in its metadata.
+    which the asset's check step records the partition's evaluation (assets/checks.py). A
+    partition of a trait whose blocking check failed upstream (vetting left too few replies) is
+    skipped: no artifact, and `skipped` in its metadata.
 
     Each partition's work holds that partition's lock (`traitflow.store.locks`): a second run of
     the same (experiment, asset, partition) at the same time, from `traitflow run` or the UI, fails
@@ -81,15 +82,16 @@ def for_each_partition(
     partitions_def = context.assets_def.partitions_def
     keys = context.partition_keys
     asset = context.assets_def.key.path[-1]
-    reads_vectors = row(asset).vector_stage is not None
-    blocked = (failed_blocking_traits(context.instance, checked_experiment(ctx.experiment, asset))
-               if blocked_by_checks(asset) or reads_vectors else {})
-    ctx.blocked_traits = blocked  # projections and comparisons leave those traits out
-    if not blocked_by_checks(asset):
-        blocked = {}  # not partitioned by trait: nothing to skip here
+    # Traits whose blocking check failed: this asset's partitions of them are skipped, and stages
+    # that read every trait's vectors (projections, comparisons) leave them out.
+    blocked: dict[str, str] = {}
+    if blocked_by_checks(asset) or row(asset).vector_stage is not None:
+        blocked = failed_blocking_traits(context.instance, checked_experiment(ctx.experiment, asset))
+    ctx.blocked_traits = blocked
+    skip = blocked if blocked_by_checks(asset) else {}
     for number, key in enumerate(keys, start=1):
         dims = split_key(partitions_def, key) if isinstance(partitions_def, dg.MultiPartitionsDefinition) else {dimension: key}
-        why = blocked.get(dims.get("trait", ""))
+        why = skip.get(dims.get("trait", ""))
         if why is not None:
             context.log.warning(f"[{number}/{len(keys)}] {asset} {key} skipped: {why}")
             context.add_asset_metadata({"skipped": why}, partition_key=key)
