@@ -280,3 +280,17 @@ def test_a_bad_sensor_interval_is_logged_not_fatal():
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0 and done.stdout.strip() == "30"
     assert "TRAITFLOW_SENSOR_INTERVAL_S must be a whole number" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_without_dagster_home_the_instance_lives_beside_the_artifacts(copy_of_slice, monkeypatch, tmp_path):
+    """A plain `traitflow run` (no DAGSTER_HOME) records its runs in `<storage>/.dagster`, so the
+    next run is incremental too, and another storage folder gets its own instance."""
+    root, _ = copy_of_slice
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("TRAITFLOW_STORAGE", str(tmp_path / "store"))
+    first = run_experiment(load_project(root), "t", stages=["generation"])
+    assert first.startswith("materialized 1 run(s)")
+    assert (tmp_path / "store" / ".dagster" / "dagster.yaml").exists()
+    assert run_experiment(load_project(root), "t", stages=["generation"]).startswith("materialized 0 run(s)")
+    monkeypatch.setenv("TRAITFLOW_STORAGE", str(tmp_path / "elsewhere"))
+    assert run_experiment(load_project(root), "t", stages=["generation"]).startswith("materialized 1 run(s)")
