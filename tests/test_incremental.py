@@ -294,3 +294,17 @@ def test_without_dagster_home_the_instance_lives_beside_the_artifacts(copy_of_sl
     assert run_experiment(load_project(root), "t", stages=["generation"]).startswith("materialized 0 run(s)")
     monkeypatch.setenv("TRAITFLOW_STORAGE", str(tmp_path / "elsewhere"))
     assert run_experiment(load_project(root), "t", stages=["generation"]).startswith("materialized 1 run(s)")
+
+
+def test_an_unreadable_model_file_is_one_line(tmp_path):
+    """A broken link in a model folder stops versioning with a one-line error naming the file."""
+    from traitflow.errors import TraitflowError
+    from traitflow.model.fingerprint import model_version
+    from traitflow.specs.models import ModelSpec
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "model" / "weights.safetensors").symlink_to(tmp_path / "gone")
+    with pytest.raises(TraitflowError, match=r"variant chat: cannot read .*weights\.safetensors") as error:
+        model_version(ModelSpec(name="chat", model="model"), tmp_path)
+    assert "\n" not in str(error.value)

@@ -97,14 +97,21 @@ def _check_log(results: Path) -> list[dict]:
     return entries
 
 
-def test_killed_run_is_marked_failed_by_the_next_run(extracted, tmp_path):
+def _start_steering(extracted: Path, tmp_path: Path, name: str):
+    """A `traitflow run --stages steering` on a copy of the extracted store, with its own
+    DAGSTER_HOME, started in its own session: (process, home, env, cmd, results.jsonl, stderr file)."""
     storage, home = tmp_path / "store", tmp_path / "dagster_home"
     shutil.copytree(extracted / "extracted", storage)
     env, cmd = _env(storage, home), _steering(extracted)
     results = storage / "demo/steering/toy/optimism/chat/results.jsonl"
-    stderr = tmp_path / "killed.stderr"
+    stderr = tmp_path / f"{name}.stderr"
     with open(stderr, "w") as err:
         process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    return process, home, env, cmd, results, stderr
+
+
+def test_killed_run_is_marked_failed_by_the_next_run(extracted, tmp_path):
+    process, home, env, cmd, results, stderr = _start_steering(extracted, tmp_path, "killed")
     try:
         _wait_until_searching(process, results, stderr)
     finally:
@@ -142,13 +149,7 @@ def test_second_run_of_a_busy_partition_refuses_at_once(extracted, tmp_path):
     """The first run is stopped (SIGSTOP) mid-search, so it surely holds the partition while the
     second one runs; the second fails at once with one line naming the first's PID, writes
     nothing, and leaves the first's run alone (its process exists). Continued, the first finishes."""
-    storage, home = tmp_path / "store", tmp_path / "dagster_home"
-    shutil.copytree(extracted / "extracted", storage)
-    env, cmd = _env(storage, home), _steering(extracted)
-    results = storage / "demo/steering/toy/optimism/chat/results.jsonl"
-    stderr = tmp_path / "first.stderr"
-    with open(stderr, "w") as err:
-        first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    first, home, env, cmd, results, stderr = _start_steering(extracted, tmp_path, "first")
     try:
         _wait_until_searching(first, results, stderr)
         os.killpg(first.pid, signal.SIGSTOP)

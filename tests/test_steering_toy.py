@@ -10,10 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+from traitflow.artifacts import BestVector
 from traitflow.judge import KeywordJudge
 from traitflow.model.chat import prompt_ids
 from traitflow.stages.context import ReadContext, StageContext
-from traitflow.stages.steering import read_best_vector, steering_setup
+from traitflow.stages.steering import steering_setup
 from traitflow.steer.generate import steered_generate
 from traitflow.steer.interventions import Ablate, Steer
 from traitflow.steer.run import ResultsLog
@@ -29,7 +30,7 @@ def keywords(root: Path, trait: str) -> tuple[list[str], list[str]]:
 
 
 def test_search_raises_optimism_by_30_points_coherently(toy_demo):
-    best = read_best_vector(ReadContext.create(toy_demo["project"], "demo"), "toy/optimism")
+    best = ReadContext.create(toy_demo["project"], "demo").artifacts.read_optional(BestVector, "toy/optimism")
     assert best["rule"].startswith(("steering", "cma_es"))
     assert best["delta"] >= 30, best
     assert best["coherence_mean"] >= 77, best
@@ -43,7 +44,7 @@ def test_search_raises_optimism_by_30_points_coherently(toy_demo):
 
 def test_negative_coefficient_lowers_optimism(toy_demo):
     ctx = StageContext.create(toy_demo["project"], "demo")
-    best = read_best_vector(ctx, "toy/optimism")
+    best = ctx.artifacts.read_optional(BestVector, "toy/optimism")
     loaded = ctx.load_model("chat")
     setup = steering_setup(ctx, "toy/optimism", "chat", loaded)
     prompts = [prompt_ids(loaded, q, None) for q in setup.questions]

@@ -10,12 +10,13 @@ from traitflow.artifacts import (
     Projections,
     Responses,
     Steering,
+    VariantDiff,
     Vectors,
     Vetting,
     responses_artifact,
 )
 from traitflow.specs.loader import Project
-from traitflow.stages.comparison import comparison_key, read_variant_diff
+from traitflow.stages.comparison import comparison_key
 from traitflow.stages.context import ReadContext
 from traitflow.stages.which_vector import steering_variants, vectors_context
 
@@ -64,7 +65,7 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
             inference[f"{prompt_set}|{v}"] = [a.asset for a in (responses, Projections) if arts.exists(a, prompt_set, v)]
     comparisons: dict[str, dict] = {}
     for comparison in exp.spec.comparisons:
-        record = read_variant_diff(ctx, comparison_key(comparison.a, comparison.b, comparison.prompt_set))
+        record = arts.read_optional(VariantDiff, comparison_key(comparison.a, comparison.b, comparison.prompt_set))
         if record is None:
             continue
         name = f"{comparison.a}_vs_{comparison.b}"

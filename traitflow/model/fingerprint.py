@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from traitflow.errors import TraitflowError
 from traitflow.specs.models import ModelSpec
 from traitflow.store.atomic import atomic_write_text
 
@@ -85,12 +86,18 @@ def _weights(ref: str, revision: str | None, root: Path, cache: _HashCache) -> d
 
 
 def model_version(spec: ModelSpec, root: Path) -> str:
-    """Content version of one variant (spec + weights), 16 hex digits."""
+    """Content version of one variant (spec + weights), 16 hex digits. A file of the model that
+    cannot be read (a broken link, no permission) is a one-line TraitflowError naming it."""
     root = Path(root)
     cache = _HashCache(root)
-    payload = {"spec": spec.model_dump(mode="json", exclude={"name"}),
-               "model": _weights(spec.model, spec.revision, root, cache)}
-    if spec.lora:
-        payload["lora"] = _weights(spec.lora, None, root, cache)
-    cache.save()
+    try:
+        payload = {"spec": spec.model_dump(mode="json", exclude={"name"}),
+                   "model": _weights(spec.model, spec.revision, root, cache)}
+        if spec.lora:
+            payload["lora"] = _weights(spec.lora, None, root, cache)
+    except OSError as exc:
+        raise TraitflowError(f"variant {spec.name or spec.model}: cannot read {exc.filename} to version the model "
+                             f"({exc.strerror or exc})") from None
+    finally:
+        cache.save()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -5,10 +5,10 @@ from typing import Any
 from traitflow.artifacts import VariantDiff, responses_artifact
 from traitflow.errors import TraitflowError
 from traitflow.specs.loader import Experiment
-from traitflow.stages.context import Markdown, ReadContext, StageContext, StageOutput
+from traitflow.stages.context import Markdown, StageContext, StageOutput
 from traitflow.stages.which_vector import comparison_vector, has_vectors, load_vectors, vectors_context
 
-__all__ = ["comparison_key", "comparison_keys", "read_variant_diff", "run_variant_diff"]
+__all__ = ["comparison_key", "comparison_keys", "run_variant_diff"]
 
 
 def comparison_key(a: str, b: str, prompt_set: str) -> str:
@@ -51,7 +51,3 @@ def run_variant_diff(ctx: StageContext, comparison: str) -> StageOutput:
     for trait, info in record["traits"].items():
         numbers[f"{trait} peak d (L{info['peak']['layer']})"] = info["peak"]["cohens_d"]
     return StageOutput(path, numbers, files={"chart_html": files["html"]}, chart=Markdown(chart.markdown(comparison)))
-
-
-def read_variant_diff(ctx: ReadContext, comparison: str) -> dict | None:
-    return ctx.artifacts.read_optional(VariantDiff, comparison)

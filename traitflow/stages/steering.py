@@ -4,11 +4,11 @@ from typing import Any
 
 from traitflow.artifacts import BestVector, CmaEs, ExtractionEval, Steering
 from traitflow.errors import TraitflowError
-from traitflow.stages.context import Check, Markdown, ReadContext, StageContext, StageOutput
+from traitflow.stages.context import Check, Markdown, StageContext, StageOutput
 from traitflow.stages.extraction import judge_for
 from traitflow.stages.which_vector import load_vectors, require_extraction, steering_variants, vectors_context
 
-__all__ = ["read_best_vector", "run_best_vector", "run_cma_es", "run_steering_stage", "steering_questions",
+__all__ = ["run_best_vector", "run_cma_es", "run_steering_stage", "steering_questions",
            "steering_setup", "steering_variants"]
 
 
@@ -153,7 +153,3 @@ def run_best_vector(ctx: StageContext, trait: str) -> StageOutput:
     return StageOutput(path, numbers, checks={"min_delta": Check(
         delta is not None and delta >= threshold,
         f"{trait}: best steering delta {delta if delta is None else round(delta, 1)} (threshold {threshold}; rule: {choice['rule']})")})
-
-
-def read_best_vector(ctx: ReadContext, trait: str) -> dict | None:
-    return ctx.artifacts.read_optional(BestVector, trait)
