@@ -10,6 +10,7 @@ from assets.checks import blocked_by_checks, check_metadata, checked_experiment,
 from assets.partitions import split_key
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.graph import row
+from traitflow.server.client import run_stage
 from traitflow.specs.loader import Experiment, Project
 from traitflow.stages.context import Markdown, StageContext, StageOutput
 from traitflow.store.locks import partition_lock
@@ -53,6 +54,8 @@ def stage_context(
         load_model=lambda variant: model.load(exp.variants[variant]),
         log=context.log.info,
         storage_override=storage.override_uri or None,
+        # With `traitflow serve` up, stages run in it: models, torch and the chart renderer are warm there.
+        server=model.server(),
     )
 
 
@@ -98,8 +101,10 @@ def for_each_partition(
             continue
         context.log.info(f"[{number}/{len(keys)}] {context.asset_key.to_user_string()} {key}")
         with partition_lock(ctx.store.root, ctx.experiment.name, asset, key, run_id=context.run_id):
-            output = stage(ctx, **dims)
+            output, served_by = run_stage(ctx, stage, asset, dims)
         metadata = {k: _metadata_value(k, v) for k, v in output.metadata().items()}
+        if served_by is not None:
+            metadata["model_server"] = dg.MetadataValue.url(served_by)
         for name, check in output.checks.items():
             metadata |= check_metadata(name, check)
         context.add_asset_metadata(metadata, partition_key=key)

@@ -6,7 +6,11 @@ opened without Dagster.
 """
 
 import base64
+import functools
 import json
+import os
+import re
+from html import escape as html_escape
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +47,40 @@ def render(chart, name: str) -> RenderedChart:
     while len(png) > MAX_PNG_BYTES and scale > 0.3:
         scale *= 0.75
         png = vlc.vegalite_to_png(json.dumps(spec), scale=scale)
-    html = vlc.vegalite_to_html(json.dumps(spec), bundle=True)
-    return RenderedChart(name=name, png=png, html=html, spec=spec)
+    return RenderedChart(name=name, png=png, html=standalone_html(spec, name), spec=spec)
+
+
+@functools.lru_cache(maxsize=1)
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script (vl-convert's bundle; no CDN: charts must open
+    offline). Building it takes vl-convert ~1.6 s per process, so it is kept per user, per
+    vl-convert version, in `$XDG_CACHE_HOME/traitflow` (else `~/.cache/traitflow`)."""
+    import vl_convert as vlc
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "traitflow"
+    path = cache / f"vega-bundle-{vlc.__version__}.js"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    # Inline in <script>, a literal "</script" would end it early; "<\/script" is the same in JavaScript.
+    script = re.sub(r"</(?=script)", lambda _: "<\\/", vlc.javascript_bundle(), flags=re.IGNORECASE)
+    try:
+        atomic_write_text(path, script)
+    except OSError:  # no writable cache: build it again next time
+        pass
+    return script
+
+
+def standalone_html(spec: dict, title: str) -> str:
+    """One HTML file that draws the Vega-Lite `spec` with everything it needs inlined."""
+    # "</" inside an inline script would end it early; "<\/" is the same JSON string.
+    data = json.dumps(spec).replace("</", "<\\/")
+    return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"UTF-8\">\n"
+            f"<title>{html_escape(title)}</title>\n<script>{vega_bundle()}</script>\n</head>\n<body>\n"
+            '<div id="vega-chart"></div>\n'
+            f"<script>vegaEmbed('#vega-chart', {data}, {{\"renderer\": \"svg\"}}).catch(console.error);</script>\n"
+            "</body>\n</html>\n")
 
 
 def _label(value: float | None) -> str:

@@ -1,4 +1,4 @@
-"""`traitflow` command: validate, schema, run, report, export, monitor.
+"""`traitflow` command: validate, schema, run, report, export, monitor, serve.
 
 User mistakes print one line each (no traceback) and exit 2.
 """
@@ -105,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="steer with the trait's best vector, e.g. toy/optimism:-80 (repeatable)")
     p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
     p.set_defaults(handler=cmd_monitor)
+
+    p = with_root(sub.add_parser("serve", help="keep model variants loaded; stages and `dagster asset materialize` use them"))
+    p.add_argument("--variants", required=True,
+                   help="comma list of model spec names or experiment variant names, e.g. chat,pessimist")
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
+    p.add_argument("--max-queue", type=int, default=8, help="model tasks that may wait their turn; one more is refused (busy)")
+    p.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -202,6 +209,23 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     run_monitor(args.root, args.experiment, args.variant, args.prompt, traits=args.traits, system=args.system,
                 max_new_tokens=args.max_new_tokens, threshold=args.threshold, steer=args.steer,
                 storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from traitflow.server.service import serve
+    from traitflow.server.wire import DEFAULT_PORT
+
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    if not names:
+        raise TraitflowError("--variants: name at least one variant, e.g. --variants chat,pessimist")
+    if args.max_queue < 0:
+        raise TraitflowError(f"--max-queue must be 0 or more, got {args.max_queue}")
+    port = DEFAULT_PORT if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise TraitflowError(f"--port must be between 0 and 65535, got {port}")
+    os.environ["TRAITFLOW_QUIET_LOADING"] = "1"
+    serve(args.root, names, port, max_queue=args.max_queue, log=lambda line: print(line, flush=True))
     return 0
 
 

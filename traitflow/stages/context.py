@@ -85,6 +85,8 @@ class StageContext(ReadContext):
     # Traits whose blocking check failed upstream (vetting left too few replies), with why: their
     # stored vectors, if any, are from before and are not used. Set from Dagster's check results.
     blocked_traits: dict[str, str] = field(default_factory=dict)
+    # The model server that runs this stage's model work (traitflow.server), when one is up.
+    server: Any = None
 
     @classmethod
     def create(cls, project: Project, experiment: str, load_model: Callable[[str], Any] | None = None,  # type: ignore[override]
