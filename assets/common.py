@@ -50,7 +50,7 @@ def stage_context(
     return StageContext(
         project=project,
         experiment=exp,
-        store=storage.for_uri(exp.spec.storage.uri),
+        store=storage.for_experiment(exp),
         load_model=lambda variant: model.load(exp.variants[variant]),
         log=context.log.info,
         storage_override=storage.override_uri or None,

@@ -34,7 +34,7 @@ from resources.progress import progress_logger
 from traitflow.errors import TraitflowError
 from traitflow.graph import STAGES  # stage -> assets, in order: the asset table's
 from traitflow.specs.loader import Project
-from traitflow.store import open_store
+from traitflow.store import experiment_store
 from traitflow.store.locks import process_alive, process_start
 
 # `--stages extraction` means the whole extraction chain, generation included.
@@ -82,7 +82,8 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     exp = project.experiments[experiment]
     names = _asset_names(stages)
     # A bad --storage / TRAITFLOW_STORAGE fails here, in one line, before any Dagster run starts.
-    store = open_store(os.environ.get("TRAITFLOW_STORAGE") or exp.spec.storage.uri, project.root)
+    store = experiment_store(exp.spec.storage, project.root, os.environ.get("TRAITFLOW_STORAGE"))
+    store.check()  # an S3 bucket that is missing or unreachable, too
     defs = build_defs(project, loggers={"progress": progress_logger})
     all_assets = list(defs.assets or [])
     by_name = {a.key.path[-1]: a for a in all_assets if a.key.path[0] == experiment and isinstance(a, dg.AssetsDefinition)}

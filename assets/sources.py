@@ -119,10 +119,10 @@ def has_run(project: Project, exp: Experiment) -> bool:
     """Whether the experiment has artifacts in its store (TRAITFLOW_STORAGE, else storage.uri)."""
     import os
 
-    from traitflow.store import open_store
+    from traitflow.store import experiment_store
 
-    try:
-        store = open_store(os.environ.get("TRAITFLOW_STORAGE") or exp.spec.storage.uri, project.root)
+    try:  # for s3:// storage, its local mirror: loading definitions asks no bucket anything
+        store = experiment_store(exp.spec.storage, project.root, os.environ.get("TRAITFLOW_STORAGE"))
     except TraitflowError:
         return False
     return (Path(store.root) / exp.name).is_dir()

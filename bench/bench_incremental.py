@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,14 +37,18 @@ def _edit_one_trait(root: Path, word: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def start_server(root: Path, env: dict, variants: str = "chat,pessimist") -> subprocess.Popen:
-    """`traitflow serve` on `root`, returned once it serves (its models loaded)."""
+def start_server(root: Path, env: dict, variants: str = "chat,pessimist") -> tuple[subprocess.Popen, list[str]]:
+    """`traitflow serve` on `root`, returned once it serves (its models loaded), with the list its
+    output lines keep arriving in (read by a thread, so a chatty server never blocks on a full pipe)."""
     server = subprocess.Popen([str(BIN / "traitflow"), "serve", "--root", str(root), "--variants", variants, "--port", "0"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
     for line in server.stdout:
+        lines.append(line)
         if line.startswith("serving"):
-            return server
-    raise RuntimeError("traitflow serve did not start")
+            threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True).start()
+            return server, lines
+    raise RuntimeError("traitflow serve did not start:\n" + "".join(lines))
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -61,7 +66,7 @@ def _scenario(tmp: Path, served: bool) -> tuple[float, float, float]:
     env = dict(os.environ, DAGSTER_HOME=str(home))
     env.pop("TRAITFLOW_STORAGE", None)
     env.pop("TRAITFLOW_NO_SERVER", None)
-    server = start_server(root, env) if served else None
+    server = start_server(root, env)[0] if served else None
     try:
         full = _run(root, env, "--force")
         noop = _run(root, env)

@@ -44,13 +44,16 @@ def run(repeats: int = 3) -> list[dict]:
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:])
         local, served = [], []
-        server = start_server(root, env, "chat")
+        server, said = start_server(root, env, "chat")
         try:
             for _ in range(repeats):  # interleaved: the same machine load for both
                 served.append(_materialize(env))
                 local.append(_materialize(dict(env, TRAITFLOW_NO_SERVER="1")))
         finally:
             stop_server(server)
+        ran_there = sum("stage extraction.run_activations" in line and line.rstrip().endswith("done") for line in said)
+        if ran_there != repeats:
+            raise RuntimeError(f"the server ran {ran_there} of the {repeats} served steps:\n" + "".join(said))
     local_s, served_s = statistics.median(local), statistics.median(served)
     return [
         {"name": "server: dagster asset materialize, model loaded in the step", "value": local_s, "unit": "s", "target": "reference"},

@@ -121,6 +121,7 @@ CHANGES: dict[str, typing.Any] = {
     "storage.uri": "./elsewhere",
     "storage.endpoint_url": "http://127.0.0.1:9",
     "storage.region": "auto",
+    "storage.checksums": "when_required",
     "automation.on_change": "materialize",
     "automation.schedule": "0 3 * * *",
     # model variants: the `chat` variant inline, and `name` in a model file

@@ -82,7 +82,7 @@ def test_a_field_changes_exactly_its_readers(field, base_root, tmp_path):  # noq
 # Spec fields that shape partitions and paths rather than results (they change which partitions
 # exist, not what one partition holds) — any stage may read them.
 STRUCTURE = {"name", "variants", "traits", "extraction.variant", "steering.variants", "inference.variants",
-             "inference.prompt_sets", "storage.uri", "comparisons", "steering.vectors_from", "inference.vectors_from",
+             "inference.prompt_sets", "storage.uri", "storage.endpoint_url", "storage.region", "storage.checksums", "comparisons", "steering.vectors_from", "inference.vectors_from",
              "inference.replay"}  # which asset holds a variant's responses (inference_responses or replayed_responses)
 PROPERTIES = {"extraction.positions": "extraction.position"}
 

@@ -122,12 +122,18 @@ def test_bad_storage_fails_before_any_run(copy_of_slice, monkeypatch, capsys, tm
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("TRAITFLOW_STORAGE", raising=False)
     before = len(instance.get_run_records())
-    try:
-        assert main(["run", "t", "--root", str(root), "--storage", "s3://bucket/x"]) == 2
-    finally:
-        os.environ.pop("TRAITFLOW_STORAGE", None)  # `run --storage` sets it for the process's resources
-    err = capsys.readouterr().err
-    assert err.strip().splitlines() == ["error: storage 's3://bucket/x': s3:// storage is not supported yet; use a local folder"]
+    # An S3 endpoint nobody answers on (and credentials, so boto3 asks no metadata service).
+    for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    for storage, message in (("ftp://bucket/x", "error: storage 'ftp://bucket/x': expected a local folder or s3://bucket/prefix"),
+                             ("s3://bucket/x", "error: storage s3://bucket/x: cannot open the bucket at http://127.0.0.1:9: ")):
+        try:
+            assert main(["run", "t", "--root", str(root), "--storage", storage]) == 2
+        finally:
+            os.environ.pop("TRAITFLOW_STORAGE", None)  # `run --storage` sets it for the process's resources
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(message), err
     assert len(instance.get_run_records()) == before  # nothing was observed or run
 
 

@@ -137,9 +137,6 @@ def test_trait_yaml_override_mistakes(tmp_path, text, line, field, needle):
 # --------------------------------------------------------------------------- keys not built yet
 @pytest.mark.parametrize("extra, line, field", [
     ("benchmarks: [{name: made-up}]\n", 4, "benchmarks"),
-    ("storage: {uri: 's3://bucket/x'}\n", 4, "storage.uri"),
-    ("storage:\n  endpoint_url: http://127.0.0.1:9\n", 5, "storage.endpoint_url"),
-    ("storage:\n  region: auto\n", 5, "storage.region"),
 ])
 def test_not_supported_yet_fails_validate(tmp_path, extra, line, field):
     root = make_root(tmp_path, {"good": GOOD + extra})
@@ -147,6 +144,29 @@ def test_not_supported_yet_fails_validate(tmp_path, extra, line, field):
         load_project(root)
     assert [(e.line, e.field) for e in info.value.errors] == [(line, field)]
     assert "not supported yet" in info.value.errors[0].message
+
+
+@pytest.mark.parametrize("extra, line, field, needle", [
+    ("storage: {uri: 'ftp://host/x'}\n", 4, "storage.uri", "expected a local folder (relative to the project root) or s3://"),
+    ("storage: {uri: 's3://Bad_Bucket/x'}\n", 4, "storage.uri", "'Bad_Bucket' is not a bucket name"),
+    ("storage:\n  endpoint_url: http://127.0.0.1:9\n", 5, "storage.endpoint_url", "applies to s3:// storage only"),
+    ("storage:\n  region: auto\n", 5, "storage.region", "applies to s3:// storage only"),
+    ("storage:\n  checksums: when_required\n", 5, "storage.checksums", "applies to s3:// storage only"),
+    ("storage:\n  uri: s3://bucket/x\n  endpoint_url: r2.example.com\n", 6, "storage.endpoint_url", "is not an http(s):// URL"),
+])
+def test_bad_storage_fails_validate(tmp_path, extra, line, field, needle):
+    root = make_root(tmp_path, {"good": GOOD + extra})
+    with pytest.raises(SpecErrors) as info:
+        load_project(root)
+    assert [(e.line, e.field) for e in info.value.errors] == [(line, field)]
+    assert needle in info.value.errors[0].message
+
+
+def test_r2_storage_validates(tmp_path):
+    extra = ("storage:\n  uri: s3://traitflow-results/runs\n  endpoint_url: https://abc123.r2.cloudflarestorage.com\n"
+             "  region: auto\n  checksums: when_required\n")
+    storage = load_project(make_root(tmp_path, {"good": GOOD + extra})).experiments["good"].spec.storage
+    assert (storage.uri, storage.region, storage.checksums) == ("s3://traitflow-results/runs", "auto", "when_required")
 
 
 def test_inline_variant_name_must_be_its_key(tmp_path):

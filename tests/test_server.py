@@ -244,10 +244,60 @@ def test_the_queue_runs_one_task_at_a_time_and_lets_the_others_wait():
 
 
 def test_requests_without_the_token_are_refused(inproc):
+    """A caller without the token gets nothing done (a client would then run its stage itself)."""
+    from traitflow.server.client import ServerUnavailable
+
     _, client, _ = inproc
     intruder = ServerClient(client.url, "not-the-token", client.pid, client.variants)
-    with pytest.raises(TraitflowError, match="wrong or missing token"):
+    with pytest.raises(ServerUnavailable, match="wrong or missing token"):
         list(intruder.generate("demo", "chat", "hi"))
+
+
+@pytest.mark.parametrize("headers,body,status", [
+    ({"Content-Length": "abc"}, b"", 400),
+    ({"Content-Length": "-1"}, b"", 400),
+    ({}, b"[1, 2]", 400),
+    ({}, b"not json", 400),
+    ({"Authorization": "Bearer t\u00e9st"}, b"{}", 401),
+])
+def test_malformed_requests_get_an_answer_and_the_server_goes_on(inproc, headers, body, status):
+    import http.client
+
+    state, client, _ = inproc
+    conn = client._connect()
+    conn.putrequest("POST", "/generate")
+    sent = {"Authorization": f"Bearer {state.token}", "Content-Length": str(len(body)), **headers}
+    for key, value in sent.items():
+        conn.putheader(key, value.encode("latin-1", "replace") if key == "Authorization" else value)
+    conn.endheaders(body)
+    try:
+        assert conn.getresponse().status == status
+    except http.client.HTTPException as exc:
+        pytest.fail(f"no answer: {exc}")
+    finally:
+        conn.close()
+    assert get_health(client.url)["ok"]
+
+
+def test_unknown_variant_to_capture_is_a_400(inproc):
+    _, client, _ = inproc
+    with pytest.raises(TraitflowError, match="unknown variant 'nope'"):
+        client.capture("demo", "nope", [[[1, 2], [3]]], [1])
+
+
+def test_a_copied_project_does_not_use_the_original_server(served, tmp_path):
+    """`cp -r` of a project while its server runs copies .traitflow/server.json too."""
+    copy = tmp_path / "copy"
+    (copy / DISCOVERY_FILE).parent.mkdir(parents=True)
+    shutil.copy(served["root"] / DISCOVERY_FILE, copy / DISCOVERY_FILE)
+    assert find_server(served["root"]) is not None and find_server(copy) is None
+
+
+def test_a_second_server_on_the_same_root_is_refused_before_loading(served):
+    done = subprocess.run([TRAITFLOW, "serve", "--root", str(served["root"]), "--variants", "chat", "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "loaded" not in done.stdout
+    assert done.stderr.startswith(f"error: a model server already serves {served['root']}: PID {served['proc'].pid}")
 
 
 def test_generate_streams_what_traitflow_monitor_prints(inproc, capsys):

@@ -65,7 +65,9 @@ def test_missing_artifact_is_a_user_error(tmp_path):
 
 def test_open_store_relative_to_root_and_unknown_schemes(tmp_path):
     assert open_store("./out", tmp_path).root == tmp_path / "out"
-    with pytest.raises(TraitflowError, match="s3://"):
-        open_store("s3://bucket/prefix", tmp_path)
+    s3 = open_store("s3://bucket/some/prefix/", tmp_path)  # opening asks the bucket nothing yet
+    assert s3.uri == "s3://bucket/some/prefix" and s3.root == tmp_path / ".traitflow/s3/bucket/some/prefix"
+    with pytest.raises(TraitflowError, match="must not contain empty"):
+        open_store("s3://bucket/a//b", tmp_path)
     with pytest.raises(TraitflowError, match="expected a local folder"):
         open_store("gs://bucket", tmp_path)

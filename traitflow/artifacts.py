@@ -125,7 +125,7 @@ class Artifact(Generic[T]):
 
     @classmethod
     def exists(cls, store: ArtifactStore, experiment: str, *key: str) -> bool:
-        return cls.path(store, experiment, *key).exists()
+        return store.exists(cls.path(store, experiment, *key))
 
     @classmethod
     def read(cls, store: ArtifactStore, experiment: str, *key: str) -> T:
@@ -135,7 +135,7 @@ class Artifact(Generic[T]):
     @classmethod
     def read_optional(cls, store: ArtifactStore, experiment: str, *key: str) -> T | None:
         path = cls.path(store, experiment, *key)
-        return cls.load(store, path) if path.exists() else None
+        return cls.load(store, path) if store.exists(path) else None
 
     @classmethod
     def write(cls, store: ArtifactStore, experiment: str, value: T, *key: str) -> Path:

@@ -10,11 +10,15 @@ import functools
 import json
 import os
 import re
-from html import escape as html_escape
 from dataclasses import dataclass
+from html import escape as html_escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from traitflow.store.atomic import atomic_write_bytes, atomic_write_text
+from traitflow.store.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from traitflow.store import ArtifactStore
 
 MAX_PNG_BYTES = 100_000
 
@@ -30,10 +34,14 @@ class RenderedChart:
         encoded = base64.b64encode(self.png).decode("ascii")
         return f"**{title}**\n\n![{self.name}](data:image/png;base64,{encoded})"
 
-    def write(self, folder: Path) -> dict[str, Path]:
+    def write(self, folder: Path, store: "ArtifactStore | None" = None) -> dict[str, Path]:
+        """Beside the artifact, in its store (a local folder or a bucket)."""
+        from traitflow.store import ArtifactStore
+
+        store = store or ArtifactStore(folder)
         png, html = folder / f"{self.name}.png", folder / f"{self.name}.html"
-        atomic_write_bytes(png, self.png)
-        atomic_write_text(html, self.html)
+        store.write_bytes(png, self.png)
+        store.write_text(html, self.html)
         return {"png": png, "html": html}
 
 
@@ -50,6 +58,9 @@ def render(chart, name: str) -> RenderedChart:
     return RenderedChart(name=name, png=png, html=standalone_html(spec, name), spec=spec)
 
 
+BUNDLE_FORMAT = 1  # raise when what is cached changes (e.g. its escaping): old files are then ignored
+
+
 @functools.lru_cache(maxsize=1)
 def vega_bundle() -> str:
     """Vega, Vega-Lite and vega-embed as one script (vl-convert's bundle; no CDN: charts must open
@@ -57,8 +68,9 @@ def vega_bundle() -> str:
     vl-convert version, in `$XDG_CACHE_HOME/traitflow` (else `~/.cache/traitflow`)."""
     import vl_convert as vlc
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "traitflow"
-    path = cache / f"vega-bundle-{vlc.__version__}.js"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache = (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "traitflow"  # a relative one is ignored (XDG)
+    path = cache / f"vega-bundle-{vlc.__version__}-{BUNDLE_FORMAT}.js"
     try:
         return path.read_text(encoding="utf-8")
     except OSError:
@@ -74,8 +86,9 @@ def vega_bundle() -> str:
 
 def standalone_html(spec: dict, title: str) -> str:
     """One HTML file that draws the Vega-Lite `spec` with everything it needs inlined."""
-    # "</" inside an inline script would end it early; "<\/" is the same JSON string.
-    data = json.dumps(spec).replace("</", "<\\/")
+    # Text such as "</script>" or "<!--<script" (model tokens are charted) must not reach the HTML
+    # parser inside an inline script; "\u003c" is the same character to JSON and JavaScript.
+    data = json.dumps(spec).replace("<", "\\u003c")
     return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"UTF-8\">\n"
             f"<title>{html_escape(title)}</title>\n<script>{vega_bundle()}</script>\n</head>\n<body>\n"
             '<div id="vega-chart"></div>\n'

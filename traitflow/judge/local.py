@@ -54,9 +54,11 @@ def next_token_top_logprobs(
     import torch
 
     from traitflow.model.chat import prompt_ids
+    from traitflow.model.hooks import model_lock
 
     ids = prompt_ids(loaded, prompt, system_prompt=system_prompt)
-    with torch.inference_mode():
+    # Hooks live on the shared model: another thread's capture or steering must not see this pass.
+    with model_lock(loaded.model), torch.inference_mode():
         input_ids = torch.tensor([ids], device=loaded.device)
         logits = loaded.model(input_ids=input_ids).logits[0, -1].float()
         logprobs = torch.log_softmax(logits, dim=-1)

@@ -49,11 +49,11 @@ class ServerClient:
         except ValueError:
             answer = {}
         conn.close()
-        error = answer.get("error", f"HTTP {response.status}")
-        if response.status == 409:
-            raise ServerUnavailable(error)
+        error = answer.get("error", f"HTTP {response.status}") if isinstance(answer, dict) else f"HTTP {response.status}"
+        if response.status in (401, 409):  # a server restarted with a new token, or without these models
+            raise ServerUnavailable(f"model server at {self.url}: {error}")
         if response.status == 503:
-            raise TraitflowError(f"model server at {self.url} is {error}; retry later, or set {NO_SERVER_ENV}=1 to load locally")
+            raise _busy(self.url, error)
         raise TraitflowError(f"model server at {self.url}: {error}")
 
     def stream(self, path: str, body: dict) -> Iterator[dict]:
@@ -65,6 +65,8 @@ class ServerClient:
                 if "error" in event:
                     if event.get("not_served"):
                         raise ServerUnavailable(event["error"])
+                    if event.get("busy"):
+                        raise _busy(self.url, event["error"])
                     if event.get("user"):
                         raise TraitflowError(event["error"])
                     raise RuntimeError(f"model server at {self.url}: {event['error']} (its log has the traceback)")
@@ -103,9 +105,14 @@ class ServerClient:
             response.close()
 
 
-def find_server(root: Path) -> ServerClient | None:
-    """The running server of this project root, or None (none started, it stopped, or TRAITFLOW_NO_SERVER=1)."""
-    if os.environ.get(NO_SERVER_ENV, "") not in ("", "0"):
+def _busy(url: str, error: str) -> TraitflowError:
+    return TraitflowError(f"model server at {url} is {error}; retry later, or set {NO_SERVER_ENV}=1 to load locally")
+
+
+def find_server(root: Path, honour_no_server: bool = True) -> ServerClient | None:
+    """The running server of this project root, or None (none started, it stopped, it serves
+    another root, or TRAITFLOW_NO_SERVER=1)."""
+    if honour_no_server and os.environ.get(NO_SERVER_ENV, "") not in ("", "0"):
         return None
     try:
         info = json.loads((Path(root) / DISCOVERY_FILE).read_text())
@@ -120,7 +127,8 @@ def find_server(root: Path) -> ServerClient | None:
         return None  # a file left by a server that was killed
     finally:
         conn.close()
-    if health.get("pid") != client.pid:
+    # The PID it wrote, and this root: a project copied with its .traitflow/ must not use the original's server.
+    if not isinstance(health, dict) or health.get("pid") != client.pid or health.get("root") != str(Path(root).resolve()):
         return None
     return client
 

@@ -7,6 +7,7 @@ of them (raising SpecErrors) so `traitflow validate` can show every problem at o
 import fnmatch
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -687,6 +688,7 @@ def _resolve_experiment(
             errors.append(exc)
     errors.extend(_check_small_languages(spec, path, located))
     errors.extend(_not_supported_yet(spec, path, located))
+    errors.extend(_check_storage(spec, path, located))
     if errors:
         raise SpecErrors(errors)
     return Experiment(spec=spec, path=path, variants=variants, traits=sorted(traits), prompt_sets=sorted(prompt_sets)), explicit
@@ -714,14 +716,31 @@ def _not_supported_yet(spec: ExperimentSpec, path: Path, located: LocatedYaml) -
     if spec.benchmarks:
         errors.append(SpecError(path, "capability benchmarks are not supported yet; remove the key",
                                 line=located.line_of(("benchmarks",)), field="benchmarks"))
-    if "://" in spec.storage.uri:
-        errors.append(SpecError(path, f"not supported yet: {spec.storage.uri.split('://')[0]}:// storage; "
-                                "use a local folder relative to the project root", line=located.line_of(("storage", "uri")),
-                                field="storage.uri"))
-    for key in ("endpoint_url", "region"):
-        if getattr(spec.storage, key) is not None:
-            errors.append(SpecError(path, "not supported yet (it comes with s3:// storage); remove the key",
-                                    line=located.line_of(("storage", key)), field=f"storage.{key}"))
+    return errors
+
+
+def _check_storage(spec: ExperimentSpec, path: Path, located: LocatedYaml) -> list[SpecError]:
+    """`storage.uri` is a local folder or s3://bucket/prefix; the S3 keys go with an s3:// URI."""
+    storage, errors = spec.storage, []
+
+    def error(key: str, message: str) -> None:
+        errors.append(SpecError(path, message, line=located.line_of(("storage", key)), field=f"storage.{key}"))
+
+    is_s3 = storage.uri.startswith("s3://")
+    if is_s3:
+        from traitflow.store.s3 import parse_s3_uri
+
+        try:
+            parse_s3_uri(storage.uri)
+        except TraitflowError as exc:
+            error("uri", str(exc))
+    elif "://" in storage.uri:
+        error("uri", f"{storage.uri!r}: expected a local folder (relative to the project root) or s3://bucket/prefix")
+    for key, default in (("endpoint_url", None), ("region", None), ("checksums", "when_supported")):
+        if not is_s3 and getattr(storage, key) != default:
+            error(key, f"applies to s3:// storage only (storage.uri is {storage.uri!r}); remove the key")
+    if storage.endpoint_url is not None and not re.match(r"^https?://[^/\s]+", storage.endpoint_url):
+        error("endpoint_url", f"{storage.endpoint_url!r} is not an http(s):// URL")
     return errors
 
 

@@ -216,8 +216,12 @@ class BenchmarkSpec(Strict):
 
 class StorageSpec(Strict):
     uri: str = Field("./experiments", description="Local folder (relative to the root) or s3://bucket/prefix.")
-    endpoint_url: str | None = None
-    region: str | None = None
+    endpoint_url: str | None = Field(None, description="S3 API endpoint (R2: https://<account>.r2.cloudflarestorage.com); "
+                                                       "default: AWS_ENDPOINT_URL, else AWS.")
+    region: str | None = Field(None, description="S3 region (R2: auto); default: AWS_REGION / AWS_DEFAULT_REGION.")
+    checksums: Literal["when_supported", "when_required"] = Field(
+        "when_supported", description="when_required: only the checksums the S3 API requires (for S3 APIs that reject "
+                                      "boto3's default CRC checksums, e.g. older R2).")
 
 
 class AutomationSpec(Strict):

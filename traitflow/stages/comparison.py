@@ -46,7 +46,7 @@ def run_variant_diff(ctx: StageContext, comparison: str) -> StageOutput:
     from traitflow.charts import comparison_charts
 
     chart = comparison_charts(record)
-    files = chart.write(path.parent)
+    files = chart.write(path.parent, ctx.store)
     numbers: dict[str, Any] = {"n_prompts": record["n_prompts"]}
     for trait, info in record["traits"].items():
         numbers[f"{trait} peak d (L{info['peak']['layer']})"] = info["peak"]["cohens_d"]

@@ -8,7 +8,7 @@ from typing import Any
 from traitflow.artifacts import Artifacts
 from traitflow.errors import TraitflowError
 from traitflow.specs.loader import Experiment, Project
-from traitflow.store import ArtifactStore, open_store
+from traitflow.store import ArtifactStore, experiment_store
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class ReadContext:
     @classmethod
     def create(cls, project: Project, experiment: str, storage_uri: str | None = None) -> "ReadContext":
         exp = project.require(experiment)
-        return cls(project, exp, open_store(storage_uri or exp.spec.storage.uri, project.root), storage_uri or None)
+        return cls(project, exp, experiment_store(exp.spec.storage, project.root, storage_uri), storage_uri or None)
 
     @property
     def artifacts(self) -> Artifacts:
@@ -68,7 +68,7 @@ class ReadContext:
 
     def for_experiment(self, other: Experiment) -> "ReadContext":
         """The same project and storage override, another experiment (its own storage.uri)."""
-        store = open_store(self.storage_override or other.spec.storage.uri, self.project.root)
+        store = experiment_store(other.spec.storage, self.project.root, self.storage_override)
         return ReadContext(self.project, other, store, self.storage_override)
 
 
@@ -92,7 +92,7 @@ class StageContext(ReadContext):
     def create(cls, project: Project, experiment: str, load_model: Callable[[str], Any] | None = None,  # type: ignore[override]
                storage_uri: str | None = None, log: Callable[[str], None] = print) -> "StageContext":
         exp = project.require(experiment)
-        store = open_store(storage_uri or exp.spec.storage.uri, project.root)
+        store = experiment_store(exp.spec.storage, project.root, storage_uri)
         if load_model is None:
             from traitflow.model.loading import MODEL_CACHE
 

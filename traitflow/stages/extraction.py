@@ -123,7 +123,7 @@ def run_extraction_eval(ctx: StageContext, trait: str, variant: str) -> StageOut
     }
     path = ctx.artifacts.write(ExtractionEval, record, trait, variant)
     chart = eval_heatmap(record["scores"], trait)
-    files = chart.write(path.parent)
+    files = chart.write(path.parent, ctx.store)
     threshold = ctx.experiment.spec.extraction.min_val_accuracy
     first = best[next(iter(best))]
     return StageOutput(

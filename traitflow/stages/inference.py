@@ -135,7 +135,7 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> StageOu
     from traitflow.charts import projection_charts
 
     chart = projection_charts(record)
-    files = chart.write(path.parent)
+    files = chart.write(path.parent, ctx.store)
     numbers: dict[str, Any] = {"n_prompts": len(record["items"])}
     for probe in probes:
         means = [m for m in response_means(record, probe.trait, probe.layers[0]) if math.isfinite(m)]  # empty replies: nan

@@ -75,13 +75,14 @@ def run_steering_stage(ctx: StageContext, trait: str, variant: str) -> StageOutp
     # The engine owns the partition folder: results.jsonl, responses/, and summary.json written last.
     folder = ctx.artifacts.folder(Steering, trait, variant)
     summary = run_steering(loaded, judge_for(ctx, trait), setup, schedule, search.min_coherence, folder,
-                           header_extra={"experiment": ctx.experiment.name}, log=ctx.log, coefficients=coefficients)
-    entries = ResultsLog(folder).read()
+                           header_extra={"experiment": ctx.experiment.name}, log=ctx.log, coefficients=coefficients,
+                           store=ctx.store)
+    entries = ResultsLog(folder, ctx.store).read()
     if coefficients:  # chart the grid only, like the summary (the log may hold runs of an earlier search)
         keep = grid_keys(setup.layers, coefficients)
         entries = [e for e in entries if e.get("type") is not None or "config" not in e or run_key(e) in keep]
     chart = steering_chart(entries, trait, min_coherence=search.min_coherence, direction=setup.direction)
-    files = chart.write(folder)
+    files = chart.write(folder, ctx.store)
     best = summary["best"] or {}
     return StageOutput(
         ctx.artifacts.path(Steering, trait, variant),

@@ -18,7 +18,6 @@ Files (under the `steering` asset's partition folder):
 
 import hashlib
 import json
-import os
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +29,8 @@ import torch
 from traitflow.artifacts import SCHEMA_VERSION, Steering
 from traitflow.data.traits import TraitDataset
 from traitflow.steer.search import Schedule, grid_multipliers, round_multiplier, run_grid, run_search
-from traitflow.store.atomic import atomic_write_text, json_text
+from traitflow.store import ArtifactStore
+from traitflow.store.atomic import json_text
 
 
 @dataclass(frozen=True)
@@ -82,15 +82,19 @@ def search_description(schedule: Schedule, coefficients: list[float] | None) -> 
 
 # --------------------------------------------------------------------------- the log
 class ResultsLog:
-    def __init__(self, folder: Path):
-        self.folder = folder
+    """The search's log, `results.jsonl` (one line per finished configuration, so a killed search
+    resumes), and the answers of each configuration, in the steering partition's folder of `store`."""
+
+    def __init__(self, folder: Path, store: ArtifactStore | None = None):
+        self.store, self.folder = store or ArtifactStore(folder), folder
         self.path = folder / Steering.RESULTS_LOG
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
+        text = self.store.read_text_optional(self.path)
+        if text is None:
             return []
         entries, torn = [], False
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 entries.append(json.loads(line))
             except json.JSONDecodeError:
@@ -100,21 +104,17 @@ class ResultsLog:
         return entries
 
     def rewrite(self, entries: list[dict]) -> None:
-        atomic_write_text(self.path, "".join(json_text(e) + "\n" for e in entries))
+        self.store.write_text(self.path, "".join(json_text(e) + "\n" for e in entries))
 
     def append(self, entry: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json_text(entry) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        self.store.append_text(self.path, json_text(entry) + "\n")
 
     def write_responses(self, name: str, responses: list[dict]) -> None:
-        atomic_write_text(self.folder / "responses" / f"{name}.json", json_text(responses, indent=1))
+        self.store.write_text(self.folder / "responses" / f"{name}.json", json_text(responses, indent=1))
 
     def read_responses(self, name: str) -> list[dict] | None:
-        path = self.folder / "responses" / f"{name}.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        text = self.store.read_text_optional(self.folder / "responses" / f"{name}.json")
+        return json.loads(text) if text is not None else None
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -176,12 +176,12 @@ def steer_and_answer(loaded: Any, setup: SteeringSetup, todo: dict[int | None, f
 # --------------------------------------------------------------------------- the stage
 def run_steering(loaded: Any, judge: Any, setup: SteeringSetup, schedule: Schedule, min_coherence: float,
                  folder: Path, header_extra: dict, log: Callable[[str], None] = print,
-                 coefficients: list[float] | None = None) -> dict:
+                 coefficients: list[float] | None = None, store: ArtifactStore | None = None) -> dict:
     """Baseline + search, resuming from `folder`'s log. Returns the summary (also written to summary.json).
 
     With `coefficients` (multiples of each layer's mean activation norm, like `schedule.start`),
     every layer is evaluated at every one of them instead of searching, and nothing else."""
-    results = ResultsLog(folder)
+    results = ResultsLog(folder, store)
     gen_key, judge_key = setup.generation_key(), judge_identity(judge, setup.trait)
     entries = results.read()
     header = entries[0] if entries and entries[0].get("type") == "header" else None
@@ -293,5 +293,5 @@ def write_summary(results: ResultsLog, baseline: dict, min_coherence: float, dir
                "runs": len(runs), "min_coherence": min_coherence}
     if search is not None:
         summary["search"] = search
-    atomic_write_text(results.folder / Steering.file, json_text(summary, indent=1))
+    results.store.write_text(results.folder / Steering.file, json_text(summary, indent=1))
     return summary

@@ -1,6 +1,7 @@
 """Reading and writing artifacts in open formats (JSON, safetensors, PNG/HTML) under a storage URI."""
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,32 @@ class ArtifactStore:
     def exists(self, path: Path) -> bool:
         return path.exists()
 
+    def check(self) -> None:
+        """Fail now, in one line, if the storage cannot be used (a local folder always can)."""
+
+    def location(self, path: Path) -> str:
+        """Where the file really is, for people: a local path, or an s3:// URI."""
+        return str(path)
+
+    # text -----------------------------------------------------------------------------------
+    def write_text(self, path: Path, text: str) -> str:
+        return self.write_bytes(path, text.encode("utf-8"))
+
+    def read_text_optional(self, path: Path) -> str | None:
+        """The file's text, or None when there is none."""
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def append_text(self, path: Path, text: str) -> None:
+        """Append and fsync: a log that survives a kill line by line (a torn last line is its reader's to drop)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
     # JSON ---------------------------------------------------------------------------------
     def write_json(self, path: Path, value: Any) -> str:
         """Strict JSON (non-finite floats written as null; see `atomic.json_text`)."""
@@ -81,11 +108,23 @@ def _maybe_json(value: str) -> Any:
     return value
 
 
-def open_store(uri: str, project_root: Path) -> ArtifactStore:
-    """Open the storage named by an experiment's `storage.uri` (relative paths are under the root)."""
+def open_store(uri: str, project_root: Path, endpoint_url: str | None = None, region: str | None = None,
+               checksums: str = "when_supported") -> ArtifactStore:
+    """Open a storage URI: a local folder (relative paths are under the project root) or
+    s3://bucket/prefix (traitflow.store.s3; endpoint and region default to boto3's environment)."""
     if uri.startswith("s3://"):
-        raise TraitflowError(f"storage {uri!r}: s3:// storage is not supported yet; use a local folder")
+        from traitflow.store.s3 import S3ArtifactStore
+
+        return S3ArtifactStore(uri, project_root, endpoint_url, region, checksums)  # type: ignore[arg-type]
     if "://" in uri:
         raise TraitflowError(f"storage {uri!r}: expected a local folder or s3://bucket/prefix")
     path = Path(uri)
     return ArtifactStore(path if path.is_absolute() else project_root / path)
+
+
+def experiment_store(storage: Any, project_root: Path, override: str | None = None) -> ArtifactStore:
+    """An experiment's store from its `storage:` spec. `override` (--storage, TRAITFLOW_STORAGE)
+    replaces the whole spec: its endpoint and region then come from the environment."""
+    if override:
+        return open_store(override, project_root)
+    return open_store(storage.uri, project_root, storage.endpoint_url, storage.region, storage.checksums)

@@ -13,11 +13,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+_UMASK_AT_IMPORT = os.umask(0)
+os.umask(_UMASK_AT_IMPORT)
+
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without setting it (os.umask would, for a moment: a race between
+    threads writing at once could leave the whole process at 0)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
