@@ -12,6 +12,7 @@ Fixtures (all session-scoped):
     tiny_loaded(arch)     -> LoadedModel through MODEL_CACHE
 """
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -373,3 +374,55 @@ def toy_demo(tmp_path_factory) -> dict:
     return {"root": root, "project": project, "summary": summary, "report": build_report(project, "demo")}
 
 
+
+
+# --------------------------------------------------------------------------- a real S3 API
+# moto's server over HTTP on localhost: tests/test_s3.py, tests/test_sync.py.
+SECRET = "s3cr3t-that-must-never-show-up-4f9a"
+
+
+def start_moto():
+    """A moto S3 server on a free port; returns (process, endpoint URL) once it answers."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("moto_server did not start")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server and the environment a user would set for it (credentials included)."""
+    import signal
+
+    import boto3
+
+    proc, url = start_moto()
+    env = {"AWS_ACCESS_KEY_ID": "AKIATRAITFLOWTEST", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": url}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield {"url": url, "env": env, "client": boto3.client("s3"), "proc": proc}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -9,63 +9,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import SECRET, start_moto
 from traitflow.errors import TraitflowError
 from traitflow.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SECRET = "s3cr3t-that-must-never-show-up-4f9a"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server and the environment a user would set for it (credentials included)."""
-    proc, url = start_moto()
-    env = {"AWS_ACCESS_KEY_ID": "AKIATRAITFLOWTEST", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": url}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    client = boto3.client("s3")
-    yield {"url": url, "env": env, "client": client, "proc": proc}
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def bucket(s3, name: str) -> str:

@@ -1,4 +1,4 @@
-"""`traitflow` command: validate, schema, run, report, export, monitor, serve.
+"""`traitflow` command: validate, schema, run, report, export, monitor, sync, serve.
 
 User mistakes print one line each (no traceback) and exit 2.
 """
@@ -106,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
     p.set_defaults(handler=cmd_monitor)
 
+    p = with_root(sub.add_parser("sync", help="copy an experiment's artifacts between the local store and a bucket"))
+    p.add_argument("direction", choices=["push", "pull"], help="push: local -> bucket; pull: bucket -> local")
+    p.add_argument("experiment")
+    p.add_argument("--remote", default=os.environ.get("TRAITFLOW_REMOTE"),
+                   help="s3://bucket/prefix (default: TRAITFLOW_REMOTE); endpoint and credentials from the environment")
+    p.add_argument("--full", action="store_true", help="also delete what the other side no longer has")
+    p.add_argument("--dry-run", action="store_true", help="print what would move; move nothing")
+    p.add_argument("--include-activations", action="store_true", help="also the raw activations (large)")
+    p.add_argument("--jobs", type=int, default=8, help="parallel transfers (default 8)")
+    p.add_argument("--checksums", choices=["when_supported", "when_required"], default="when_supported",
+                   help="when_required: for S3 APIs that reject boto3's default CRC checksums (older R2)")
+    p.add_argument("--storage", default=None, help="the local side (default: the experiment's storage.uri)")
+    p.set_defaults(handler=cmd_sync)
+
     p = with_root(sub.add_parser("serve", help="keep model variants loaded; stages and `dagster asset materialize` use them"))
     p.add_argument("--variants", required=True,
                    help="comma list of model spec names or experiment variant names, e.g. chat,pessimist")
@@ -209,6 +223,18 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     run_monitor(args.root, args.experiment, args.variant, args.prompt, traits=args.traits, system=args.system,
                 max_new_tokens=args.max_new_tokens, threshold=args.threshold, steer=args.steer,
                 storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"))
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from traitflow.sync import local_store_root, sync
+
+    if not args.remote:
+        raise TraitflowError("sync needs --remote s3://bucket/prefix (or TRAITFLOW_REMOTE)")
+    project = load_for(args)
+    local = local_store_root(project, args.experiment, args.storage or os.environ.get("TRAITFLOW_STORAGE"))
+    sync(args.direction, local, args.experiment, args.remote, full=args.full, dry_run=args.dry_run,
+         include_activations=args.include_activations, jobs=args.jobs, checksums=args.checksums, out=sys.stdout)
     return 0
 
 
