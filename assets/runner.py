@@ -99,18 +99,7 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     asset_job = defs.resolve_implicit_global_asset_job_def()
     done: list[str] = []
     started = time.monotonic()
-    # Record the datasets' content hashes first, so later edits show as stale partitions.
-    versions = current_versions(project, exp)
-    for job in observe_jobs(exp, [a for a in all_assets if isinstance(a, dg.SourceAsset) and a.key.path[0] == experiment]):
-        source = defs.resolve_job_def(job.name).asset_layer.executable_asset_keys
-        if all(observed_already(instance, key, versions_of(versions, key, defs.resolve_assets_def(key).partitions_def
-                                                           .get_partition_keys()))
-               for key in source):
-            continue  # no dataset file changed since the last observation
-        observed = defs.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False,
-                                                                     run_config=PROGRESS, tags=process_tags)
-        if not observed.success:
-            raise TraitflowError(f"observing the datasets of {experiment} failed (run {observed.run_id})")
+    observe_sources(project, exp, defs, instance, process_tags)
     freshness = None if force else Freshness(defs, instance)
     skipped: list[int] = []  # up-to-date partitions left alone, per asset
     for stage, members in STAGES.items():
@@ -153,6 +142,23 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
     summary = f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s"
     summary += (": " + "; ".join(done)) if done else " (everything selected is up to date)"
     return summary + (f"; {sum(skipped)} up-to-date partition(s) skipped" if skipped else "")
+
+
+def observe_sources(project: Project, exp, defs: dg.Definitions, instance: dg.DagsterInstance, tags: dict[str, str]) -> None:
+    """Record the datasets' and models' content hashes (unless unchanged since the last
+    observation), so later edits show as stale partitions."""
+    versions = current_versions(project, exp)
+    sources = [a for a in defs.assets or [] if isinstance(a, dg.SourceAsset) and a.key.path[0] == exp.name]
+    for job in observe_jobs(exp, sources):
+        source = defs.resolve_job_def(job.name).asset_layer.executable_asset_keys
+        if all(observed_already(instance, key, versions_of(versions, key, defs.resolve_assets_def(key).partitions_def
+                                                           .get_partition_keys()))
+               for key in source):
+            continue  # no dataset file changed since the last observation
+        observed = defs.resolve_job_def(job.name).execute_in_process(instance=instance, raise_on_error=False,
+                                                                     run_config=PROGRESS, tags=tags)
+        if not observed.success:
+            raise TraitflowError(f"observing the datasets of {exp.name} failed (run {observed.run_id})")
 
 
 # No pool limit here: `traitflow run` runs one step at a time itself, and a second `traitflow run`

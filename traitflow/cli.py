@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checksums", choices=["when_supported", "when_required"], default="when_supported",
                    help="when_required: for S3 APIs that reject boto3's default CRC checksums (older R2)")
     p.add_argument("--storage", default=None, help="the local side (default: the experiment's storage.uri)")
+    p.add_argument("--no-record", action="store_true",
+                   help="pull: do not record the pulled artifacts as materializations in this machine's Dagster instance")
     p.set_defaults(handler=cmd_sync)
 
     p = with_root(sub.add_parser("serve", help="keep model variants loaded; stages and `dagster asset materialize` use them"))
@@ -233,8 +235,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise TraitflowError("sync needs --remote s3://bucket/prefix (or TRAITFLOW_REMOTE)")
     project = load_for(args)
     local = local_store_root(project, args.experiment, args.storage or os.environ.get("TRAITFLOW_STORAGE"))
-    sync(args.direction, local, args.experiment, args.remote, full=args.full, dry_run=args.dry_run,
-         include_activations=args.include_activations, jobs=args.jobs, checksums=args.checksums, out=sys.stdout)
+    result = sync(args.direction, local, args.experiment, args.remote, full=args.full, dry_run=args.dry_run,
+                  include_activations=args.include_activations, jobs=args.jobs, checksums=args.checksums, out=sys.stdout)
+    if args.direction == "pull" and not args.dry_run and not args.no_record:
+        from assets.records import record_pulled
+        from assets.runner import open_instance
+        from traitflow.store import ArtifactStore
+
+        instance = open_instance(local)
+        recorded = record_pulled(project, args.experiment, instance, ArtifactStore(local),
+                                 result.local | {p for p in result.in_bucket if not p.startswith(".")}, args.remote)
+        print(f"recorded {recorded} materialization(s) of {args.experiment} in the Dagster instance at {instance.root_directory}")
     return 0
 
 

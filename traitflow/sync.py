@@ -32,7 +32,7 @@ from typing import Any, Literal, TextIO
 from traitflow.errors import TraitflowError
 
 HASH_META = "blake2b"  # user metadata key of an object: its content hash
-RAW_ACTIVATIONS = ("activations",)  # asset folders left behind unless --include-activations
+RAW_ACTIVATIONS = ("activations", "inference_activations")  # asset folders left behind unless --include-activations
 CHUNK = 1 << 20
 
 
@@ -124,8 +124,8 @@ def _size(n: float) -> str:
 
 def sync(direction: Literal["push", "pull"], local_root: Path, experiment: str, remote: str, *, full: bool = False,
          dry_run: bool = False, include_activations: bool = False, jobs: int = 8, checksums: str = "when_supported",
-         out: TextIO | None = None) -> str:
-    """Sync one experiment's artifacts; returns the summary line (also printed to `out`)."""
+         out: TextIO | None = None) -> "SyncResult":
+    """Sync one experiment's artifacts; returns the summary line (also printed to `out`) and what is where."""
     from traitflow.store.s3 import S3ArtifactStore
 
     out = out or sys.stderr
@@ -138,11 +138,12 @@ def sync(direction: Literal["push", "pull"], local_root: Path, experiment: str, 
     client = store.client  # checks the bucket: missing or unreachable is one line, before anything moves
     folder = Path(local_root) / experiment
     prefix = f"{store.prefix}/{experiment}/" if store.prefix else f"{experiment}/"
-    remote_files = {}
+    remote_files, in_bucket = {}, set()
     pages = store._call("list the bucket", client.get_paginator("list_objects_v2").paginate, Bucket=store.bucket, Prefix=prefix)
     for page in store._call("list the bucket", list, pages):
         for entry in page.get("Contents", []):
             relative = entry["Key"][len(prefix):]
+            in_bucket.add(relative)
             if relative and synced(relative, include_activations):
                 remote_files[relative] = int(entry["Size"])
 
@@ -194,8 +195,14 @@ def sync(direction: Literal["push", "pull"], local_root: Path, experiment: str, 
     summary = (f"{verb} {len(plan.copy)} file(s), {_size(sum(plan.copy.values()))}, in {time.monotonic() - started:.1f}s; "
                f"{plan.unchanged} unchanged" + (f"; {len(plan.delete)} deleted" if full else ""))
     out.write(summary + "\n")
-    return summary
+    return SyncResult(summary, in_bucket, set(_local_side(folder, True).files) if not dry_run else set())
 
+
+@dataclass(frozen=True)
+class SyncResult:
+    summary: str
+    in_bucket: set[str]  # every object of the experiment in the bucket, synced or not (paths relative to its folder)
+    local: set[str]  # every file of the experiment here after the sync
 
 def local_store_root(project: Any, experiment: str, storage: str | None) -> Path:
     """The local folder an experiment's artifacts are in (its storage.uri, or --storage)."""
