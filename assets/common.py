@@ -1,5 +1,7 @@
 """What every asset body shares: a StageContext from resources, and the per-partition loop."""
 
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,6 +11,7 @@ from assets.automation import automation_condition
 from assets.checks import blocked_by_checks, check_metadata, checked_experiment, failed_blocking_traits
 from assets.partitions import split_key
 from resources import ArtifactStoreResource, ModelResource
+from traitflow.errors import TraitflowError, TransientError
 from traitflow.graph import row
 from traitflow.server.client import run_stage
 from traitflow.specs.loader import Experiment, Project
@@ -16,18 +19,36 @@ from traitflow.stages.context import Markdown, StageContext, StageOutput
 from traitflow.store.locks import partition_lock
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
+INTERRUPTED = "interrupted (Ctrl-C)"  # a step of `traitflow run` stopped by the user: the runner stops too
+
+
+def step_retries() -> int:
+    """TRAITFLOW_STEP_RETRIES (default 2; 0: none): tries again for a judge or a bucket that did not
+    answer (per partition, in for_each_partition) and for a step that crashed or was preempted."""
+    text = os.environ.get("TRAITFLOW_STEP_RETRIES", "2").strip()
+    if not (text.isascii() and text.isdigit()):
+        raise TraitflowError(f"TRAITFLOW_STEP_RETRIES must be a whole number of retries (0: none), got {text!r}")
+    return int(text)
 
 
 def table_args(exp: Experiment, name: str) -> dict:
     """The @dg.asset arguments an asset's row in the asset table gives (traitflow.graph): key,
-    group, kinds, description, code version, stage tag, the GPU pool for model work, and a
-    single-run backfill policy (many partitions, one model load)."""
+    group, kinds, description, code version, stage tag, the GPU pool for model work (and one GPU
+    per step pod under dagster-k8s, docs/deploy.md), a single-run backfill policy (many
+    partitions, one model load), and a retry policy for a step that crashed or was preempted
+    (TRAITFLOW_STEP_RETRIES, default 2, 0: none; 1 s then 3 s apart). A judge or a bucket that
+    did not answer is retried per partition instead (for_each_partition), so a hiccup at the
+    90th partition of a backfill does not redo the first 89."""
     spec_row = row(name)
     args = dict(name=name, key_prefix=[exp.name], group_name=exp.name, backfill_policy=SINGLE_RUN, kinds=set(spec_row.kinds),
                 description=spec_row.description, code_version=exp.code_version(name),
                 tags={"traitflow/stage": spec_row.stage, "traitflow/experiment": exp.name})
     if spec_row.gpu:
         args["pool"] = GPU_POOL
+        args["op_tags"] = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}}}}}
+    retries = step_retries()
+    if retries:
+        args["retry_policy"] = dg.RetryPolicy(max_retries=retries, delay=1, backoff=dg.Backoff.EXPONENTIAL)
     condition = automation_condition(exp, name)
     if condition is not None:
         args["automation_condition"] = condition
@@ -92,6 +113,8 @@ def for_each_partition(
         blocked = failed_blocking_traits(context.instance, checked_experiment(ctx.experiment, asset))
     ctx.blocked_traits = blocked
     skip = blocked if blocked_by_checks(asset) else {}
+    if context.retry_number:
+        context.log.warning(f"{context.asset_key.to_user_string()}: retry {context.retry_number} (TRAITFLOW_STEP_RETRIES)")
     for number, key in enumerate(keys, start=1):
         dims = split_key(partitions_def, key) if isinstance(partitions_def, dg.MultiPartitionsDefinition) else {dimension: key}
         why = skip.get(dims.get("trait", ""))
@@ -100,8 +123,26 @@ def for_each_partition(
             context.add_asset_metadata({"skipped": why}, partition_key=key)
             continue
         context.log.info(f"[{number}/{len(keys)}] {context.asset_key.to_user_string()} {key}")
-        with partition_lock(ctx.store.root, ctx.experiment.name, asset, key, run_id=context.run_id):
-            output, served_by = run_stage(ctx, stage, asset, dims)
+        retries, attempt = step_retries(), 0
+        while True:
+            try:
+                with partition_lock(ctx.store.root, ctx.experiment.name, asset, key, run_id=context.run_id):
+                    output, served_by = run_stage(ctx, stage, asset, dims)
+                break
+            except TransientError as exc:  # a judge or a bucket that did not answer: this partition again
+                if attempt >= retries:
+                    raise dg.Failure(str(exc), allow_retries=False) from exc
+                attempt += 1
+                context.log.warning(f"{key}: {exc}; trying again in {3 ** (attempt - 1)} s ({attempt}/{retries}, TRAITFLOW_STEP_RETRIES)")
+                time.sleep(3 ** (attempt - 1))
+            except TraitflowError as exc:  # the user's to fix (a spec, a missing artifact, credentials): no retries
+                raise dg.Failure(str(exc), allow_retries=False) from exc
+            except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as exc:
+                # Dagster retries an interrupted step (a preempted pod); Ctrl-C on `traitflow run`, which
+                # runs its steps in this process (assets/runner.py tags its runs with our PID), stops.
+                if context.run.tags.get("traitflow/pid") == str(os.getpid()):
+                    raise dg.Failure(INTERRUPTED, allow_retries=False) from exc
+                raise
         metadata = {k: _metadata_value(k, v) for k, v in output.metadata().items()}
         if served_by is not None:
             metadata["model_server"] = dg.MetadataValue.url(served_by)

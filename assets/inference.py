@@ -1,4 +1,4 @@
-"""Inference assets per experiment: inference_responses → projections (prompt_set × variant)."""
+"""Inference assets per experiment: inference_responses → (inference_activations →) projections (prompt_set × variant)."""
 
 import dagster as dg
 
@@ -50,6 +50,18 @@ def build_inference_assets(
         responses.append(dg.AssetDep(replayed_responses, partition_mapping=same_prompt_set({v: [v] for v in replaying})))
         replayed = [replayed_responses]
 
+    saved = []
+    if exp.spec.inference.save_activations:
+        # Opt-in: every response token's activations, so projections onto new traits need no model.
+        @dg.asset(**table_args(exp, "inference_activations"), partitions_def=partitions,
+                  deps=[*responses, models.per_variant(exp.inference_variants, "inference")])
+        def inference_activations(context: dg.AssetExecutionContext, model: ModelResource,
+                                  storage: ArtifactStoreResource) -> dg.MaterializeResult:
+            return for_each_partition(context, inference_stage.run_inference_activations,
+                                      stage_context(context, project, exp, model, storage))
+
+        saved = [inference_activations]
+
     every = dg.AllPartitionMapping()
     vectors_from = exp.vector_source("inference")  # whose vectors (and CMA-ES refinements) are monitored
 
@@ -62,7 +74,7 @@ def build_inference_assets(
 
     @dg.asset(
         **table_args(exp, "projections"), partitions_def=partitions,
-        deps=[*responses, dg.AssetDep(source.vectors, partition_mapping=every), dg.AssetDep(source.extraction_eval, partition_mapping=every),
+        deps=[*responses, *saved, dg.AssetDep(source.vectors, partition_mapping=every), dg.AssetDep(source.extraction_eval, partition_mapping=every),
               *([dg.AssetDep(dg.AssetKey([vectors_from.name, "cma_es"]), partition_mapping=every)]
                 if vectors_from.spec.steering.cma_es.enabled else []),
               dg.AssetDep(calibration, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant"))],
@@ -72,7 +84,7 @@ def build_inference_assets(
 
     comparisons = comparison_stage.comparison_keys(exp)
     if not comparisons:
-        return [calibration, inference_responses, *replayed, projections]
+        return [calibration, inference_responses, *replayed, *saved, projections]
 
     reads_variant: dict[str, list[str]] = {}  # a comparison reads its two variants' models
     for key, c in zip(comparisons, exp.spec.comparisons, strict=True):
@@ -90,4 +102,4 @@ def build_inference_assets(
         return for_each_partition(context, comparison_stage.run_variant_diff, stage_context(context, project, exp, model, storage),
                                   dimension="comparison")
 
-    return [calibration, inference_responses, *replayed, projections, variant_diff]
+    return [calibration, inference_responses, *replayed, *saved, projections, variant_diff]

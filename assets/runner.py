@@ -27,7 +27,7 @@ import dagster as dg
 
 from assets import build_defs
 from assets.checks import failed_blocking_traits
-from assets.common import GPU_POOL
+from assets.common import GPU_POOL, INTERRUPTED
 from assets.freshness import Freshness
 from assets.sources import current_versions, observe_jobs, observed_already, versions_of
 from resources.progress import progress_logger
@@ -225,7 +225,7 @@ def _partition_label(tags) -> str:
     return ""
 
 
-USER_ERRORS = ("TraitflowError", "SpecError", "PartitionBusy")  # one line each, shown without the class path
+USER_ERRORS = ("TraitflowError", "TransientError", "SpecError", "PartitionBusy")  # one line each, shown without the class path
 
 
 def configure_gpu_pool(instance: dg.DagsterInstance) -> int | None:
@@ -261,8 +261,22 @@ def _materialize(asset_job, instance: dg.DagsterInstance, experiment: str, stage
         run_config=PROGRESS,
     )
     if not result.success:
+        if _interrupted(result):
+            raise KeyboardInterrupt  # Ctrl-C stopped a step: `traitflow run` stops, as interrupted (exit 130)
         raise TraitflowError(f"run {result.run_id} failed at {stage} ({label}): {_failure(result)}")
     return f"{stage}: {label}"
+
+
+def _interrupted(result) -> bool:
+    """Whether a step failed because the user pressed Ctrl-C (assets/common.py's INTERRUPTED)."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None:
+                if INTERRUPTED in (error.message or ""):
+                    return True
+                error = error.cause
+    return False
 
 
 def _failure(result) -> str:

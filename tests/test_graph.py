@@ -122,6 +122,8 @@ STAGE_CALLS = [  # (asset, stage function in traitflow.stages, partition) on the
     ("best_vector", "steering.run_best_vector", {"trait": "starter/optimism"}),
     ("calibration", "inference.run_calibration", {"variant": "chat"}),
     ("inference_responses", "inference.run_inference_responses", {"prompt_set": "starter/general", "variant": "chat"}),
+    # (projections below then read these saved activations: both of its paths read only its row's fields)
+    ("inference_activations", "inference.run_inference_activations", {"prompt_set": "starter/general", "variant": "chat"}),
     ("projections", "inference.run_projections", {"prompt_set": "starter/general", "variant": "chat"}),
     ("variant_diff", "comparison.run_variant_diff", {"comparison": "chat_vs_plain/starter/general"}),
 ]

@@ -141,7 +141,7 @@ def test_an_unresponsive_server_mid_run_is_one_line_and_the_rerun_resumes(s3, tm
         client = boto3.client("s3", endpoint_url=url)
         client.create_bucket(Bucket="outage")
         root, env = project(tmp_path)
-        env.update(AWS_ENDPOINT_URL=url, TRAITFLOW_S3_TIMEOUT_S="2")
+        env.update(AWS_ENDPOINT_URL=url, TRAITFLOW_S3_TIMEOUT_S="2", TRAITFLOW_STEP_RETRIES="0")  # retries: tests/test_deploy.py
         run = subprocess.Popen([str(BIN / "traitflow"), "run", "demo", "--root", str(root), "--storage", "s3://outage/x",
                                 "--stages", "extraction"], env={**os.environ, **env}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

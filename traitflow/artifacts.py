@@ -16,6 +16,7 @@ Where is artifact X defined, who writes it, who reads it?
 | :class:`Calibration` | `calibration` | `calibration.json` | `stages.inference.run_calibration` | projections (normalized score, clean_massive_dims) |
 | :class:`InferenceResponses` | `inference_responses` | `responses.json` | `stages.inference.run_inference_responses` | projections, variant_diff, replayed_responses |
 | :class:`ReplayedResponses` | `replayed_responses` | `responses.json` | `stages.inference.run_replayed_responses` | projections, variant_diff |
+| :class:`InferenceActivations` | `inference_activations` | `activations.safetensors` | `stages.inference.run_inference_activations` | projections (without the model) |
 | :class:`Projections` | `projections` | `projections.json` | `stages.inference.run_projections` | report (existence), charts |
 | :class:`VariantDiff` | `variant_diff` | `variant_diff.json` | `stages.comparison.run_variant_diff` | report |
 
@@ -54,10 +55,11 @@ from traitflow.store import ArtifactStore
 if TYPE_CHECKING:
     from traitflow.extract.capture import ActivationSet
     from traitflow.extract.vectors import VectorSet
+    from traitflow.monitor.projections import SavedActivations
 
 __all__ = [
     "ARTIFACTS", "SCHEMA_VERSION", "Activations", "Artifact", "Artifacts", "BestVector", "Calibration", "CmaEs",
-    "ExtractionEval", "InferenceResponses", "JsonArtifact", "LogitLens", "Projections", "ReplayedResponses", "Responses",
+    "ExtractionEval", "InferenceActivations", "InferenceResponses", "JsonArtifact", "LogitLens", "Projections", "ReplayedResponses", "Responses",
     "Steering", "responses_artifact",
     "VariantDiff", "Vectors", "Vetting", "check_schema_version",
 ]
@@ -303,6 +305,7 @@ class ProjectionsRecord(TypedDict):
     cleaned: Any
     response_only: bool
     skipped_traits: list[str]
+    computed_from: str  # model | saved_activations
     traits: dict[str, dict[str, Any]]
     items: list[dict[str, Any]]
 
@@ -469,6 +472,74 @@ class ReplayedResponses(JsonArtifact[InferenceResponsesRecord]):
     schema = InferenceResponsesRecord
 
 
+class InferenceActivations(Artifact["SavedActivations"]):
+    """Every response token's residual activations at `inference.save_layers`, float16 (safetensors):
+    `layer/<L>` `[total tokens, hidden]` and `offsets` `[n_items + 1]`. Partition: prompt set × variant.
+
+    Large (tokens × layers × hidden × 2 bytes), so on a local store :meth:`read_metadata` reads
+    the header only and :meth:`read_layers` only the layers asked for (an s3:// store downloads the
+    file into its mirror first)."""
+
+    asset = "inference_activations"
+
+    @classmethod
+    def load(cls, store: ArtifactStore, path: Path) -> "SavedActivations":
+        from traitflow.monitor.projections import SavedActivations
+
+        return SavedActivations.from_tensors(*store.read_tensors(path))
+
+    @classmethod
+    def save(cls, store: ArtifactStore, path: Path, value: "SavedActivations") -> None:
+        store.write_tensors(path, *value.to_tensors())
+
+    @classmethod
+    def _local(cls, store: ArtifactStore, experiment: str, *key: str) -> Path | None:
+        """The file on this machine (an s3:// store's mirror fetches it first), or None when there is none."""
+        path = cls.path(store, experiment, *key)
+        fetch = getattr(store, "fetch", None)
+        present = fetch(path) if fetch is not None else path.exists()
+        return path if present else None
+
+    @staticmethod
+    def _metadata(handle: Any) -> dict[str, Any]:
+        import json
+
+        out: dict[str, Any] = {}
+        for name, value in (handle.metadata() or {}).items():
+            try:
+                out[name] = json.loads(value)
+            except json.JSONDecodeError:
+                out[name] = value
+        return out
+
+    @classmethod
+    def read_metadata(cls, store: ArtifactStore, experiment: str, *key: str) -> dict[str, Any] | None:
+        """The metadata (layers, ids, tokens, model, input_hashes, …), without a tensor; None when not saved."""
+        from safetensors import safe_open
+
+        path = cls._local(store, experiment, *key)
+        if path is None:
+            return None
+        with safe_open(str(path), framework="pt") as handle:
+            return cls._metadata(handle)
+
+    @classmethod
+    def read_layers(cls, store: ArtifactStore, experiment: str, layers: list[int], *key: str) -> "SavedActivations":
+        """The saved activations with only `layers` in memory (and the metadata)."""
+        from safetensors import safe_open
+
+        from traitflow.monitor.projections import SavedActivations
+
+        path = cls._local(store, experiment, *key)
+        if path is None:
+            raise TraitflowError(f"{cls.path(store, experiment, *key)}: artifact missing; materialize inference_activations first")
+        with safe_open(str(path), framework="pt") as handle:
+            meta = cls._metadata(handle)
+            tensors = {f"layer/{layer}": handle.get_tensor(f"layer/{layer}") for layer in layers}
+            tensors["offsets"] = handle.get_tensor("offsets")
+        return SavedActivations.from_tensors(tensors, meta)
+
+
 def responses_artifact(spec_replay: dict[str, str], variant: str) -> "type[InferenceResponses] | type[ReplayedResponses]":
     """Where a variant's responses to a prompt set are: replayed (`inference.replay`) or its own."""
     return ReplayedResponses if variant in spec_replay else InferenceResponses
@@ -491,7 +562,7 @@ class VariantDiff(JsonArtifact[VariantDiffRecord]):
 # Asset name -> its artifact class, for every row of the asset table.
 ARTIFACTS: dict[str, type[Artifact]] = {cls.asset: cls for cls in (
     Responses, Vetting, Activations, Vectors, ExtractionEval, LogitLens, Steering, CmaEs, BestVector, Calibration,
-    InferenceResponses, ReplayedResponses, Projections, VariantDiff)}
+    InferenceResponses, ReplayedResponses, InferenceActivations, Projections, VariantDiff)}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,12 @@ class TraitflowError(Exception):
     """A mistake in the user's specs, data, flags or services: one line, no traceback."""
 
 
+class TransientError(TraitflowError):
+    """A service that did not answer (a judge or a bucket down, overloaded, timing out): a later
+    try may pass, so the step's retry policy retries it. Every other TraitflowError is the user's
+    to fix and fails at once."""
+
+
 class SpecError(TraitflowError):
     """A problem located in a file: names the file, the line (when known) and the field."""
 

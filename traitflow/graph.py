@@ -104,9 +104,15 @@ ASSETS: tuple[AssetRow, ...] = (
              "responses.json", ("pytorch", "json"),
              "Another variant's exact token ids run through this variant (`inference.replay`): the same tokens, this model.",
              settings=("inference.batch_size",), gpu=True, reads_model=True, opt_in="inference.replay"),
+    AssetRow("inference_activations", "inference", "prompt_variant", ("inference_responses", "replayed_responses"),
+             ("inference.save_layers",), "activations.safetensors", ("pytorch", "safetensors"),
+             "Every token's residual activations at `inference.save_layers` (float16, large): projections without the model.",
+             settings=("inference.batch_size",), gpu=True, reads_model=True, opt_in="inference.save_activations"),
     AssetRow("projections", "inference", "prompt_variant",
-             # cma_es: `inference.method: cma_es` monitors with the refinement (an edge whenever it is built)
-             ("inference_responses", "replayed_responses", "vectors", "extraction_eval", "calibration", "cma_es"),
+             # cma_es: `inference.method: cma_es` monitors with the refinement (an edge whenever it is built);
+             # inference_activations: projected from them, without the model, when they cover the layers (ditto)
+             ("inference_responses", "replayed_responses", "inference_activations", "vectors", "extraction_eval",
+              "calibration", "cma_es"),
              ("inference.layers", "inference.position", "inference.method", "inference.score", "inference.centre",
               "inference.clean_massive_dims", "inference.response_only", "inference.vectors_from", "extraction.position"),
              "projections.json",

@@ -4,7 +4,8 @@ between its local store and a bucket.
 - Only new or changed files move: same size and same content hash (blake2b, kept in each
   object's metadata as `x-amz-meta-blake2b` when pushed) means unchanged.
 - `--full` also deletes what the other side no longer has (within what is synced).
-- Raw activations (`activations/`: large, and re-made from the responses) stay behind unless
+- Raw activations (`activations/`, and `inference_activations/` saved by
+  `inference.save_activations`: large, and re-made from the responses) stay behind unless
   `--include-activations`; so do traitflow's own local files (`.locks/`, `.dagster/`, temporary
   files, ETag markers).
 - Transfers run in parallel (`--jobs`, default 8), each atomic: an object appears only once

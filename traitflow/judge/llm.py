@@ -62,7 +62,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from traitflow.errors import TraitflowError
+from traitflow.errors import TraitflowError, TransientError
 from traitflow.judge.base import (
     Completion,
     JudgeRequest,
@@ -433,7 +433,7 @@ class LiteLLMJudge:
             self.stats.errors += len(requests) - sum(1 for o in outcomes if o.failure is None)
             if batch.fatal is not None:
                 raise batch.fatal
-            raise TraitflowError(self._past_deadline(len(requests), outcomes, batch.last_failure))
+            raise TransientError(self._past_deadline(len(requests), outcomes, batch.last_failure))
         return self._settle(requests, outcomes)
 
     @staticmethod
@@ -455,12 +455,14 @@ class LiteLLMJudge:
         if failures:
             kinds = {kind for kind, _ in failures}
             what = f"{n} of {total} requests failed ({self._summary(failures)})"
+            # Down, timing out, overloaded: a later try may pass. Rejected or malformed: it will not.
+            error = TransientError if kinds <= {CONNECTION, TIMEOUT, TRANSIENT} else TraitflowError
             if n == total:
                 if kinds == {CONNECTION}:
-                    raise TraitflowError(f"judge {self.model} unreachable at {self._where}: {what}")
-                raise TraitflowError(f"{self._label()}: {what}")
+                    raise error(f"judge {self.model} unreachable at {self._where}: {what}")
+                raise error(f"{self._label()}: {what}")
             if n / total > self.spec.max_failure_rate:
-                raise TraitflowError(f"{self._label()}: {what}, more than judge.max_failure_rate {self.spec.max_failure_rate:g}")
+                raise error(f"{self._label()}: {what}, more than judge.max_failure_rate {self.spec.max_failure_rate:g}")
             log.warning("%s: %s; they score None", self._label(), what)
         judged = [o for o in outcomes if o.failure is None and o.judged]
         if self.numberless_batch_fails and judged and all(o.numberless for o in judged):

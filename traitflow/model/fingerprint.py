@@ -91,7 +91,10 @@ def model_version(spec: ModelSpec, root: Path) -> str:
     root = Path(root)
     cache = _HashCache(root)
     try:
-        payload = {"spec": spec.model_dump(mode="json", exclude={"name"}),
+        # Where the weights sit (`device_map`, and `device` under it) changes no result: not hashed.
+        # (Versions from before `device_map` existed stay the same, so upgrading makes nothing stale.)
+        placement = {"device_map", "device"} if spec.device_map is not None else {"device_map"}
+        payload = {"spec": spec.model_dump(mode="json", exclude={"name", *placement}),
                    "model": _weights(spec.model, spec.revision, root, cache)}
         if spec.lora:
             payload["lora"] = _weights(spec.lora, None, root, cache)

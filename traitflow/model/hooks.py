@@ -259,10 +259,11 @@ def capture_pooled(
 
         def hook(module: Any, inputs: Any, output: Any) -> None:
             h = output_tensor(output)
-            gathered = h[state["rows"], state["index"]]  # [B, K, H], real tokens only
-            pooled = torch.bmm(state["weights"], gathered.float())  # [B, P, H]
+            # With `device_map: auto` a block may sit on another GPU than the embedding: work where h is.
+            gathered = h[state["rows"].to(h.device), state["index"].to(h.device)]  # [B, K, H], real tokens only
+            pooled = torch.bmm(state["weights"].to(h.device), gathered.float())  # [B, P, H]
             for j in js:
-                state["buf"][:, :, j] = pooled
+                state["buf"][:, :, j] = pooled.to(state["buf"].device)
             if stop_early and layer == last_layer:
                 raise StopForward
 
@@ -372,10 +373,10 @@ def project_tokens(
         js = slots[layer]
 
         def hook(module: Any, inputs: Any, output: Any) -> None:
-            h = output_tensor(output).float()  # [B, T, H]
-            norms = h.norm(dim=-1)  # [B, T]
+            h = output_tensor(output).float()  # [B, T, H]; on its block's device (`device_map: auto`)
+            norms = h.norm(dim=-1).to(state["norms"].device)  # [B, T]
             for j in js:
-                state["scores"][:, :, j] = torch.einsum("bth,nh->bnt", h, unit[:, j])
+                state["scores"][:, :, j] = torch.einsum("bth,nh->bnt", h, unit[:, j].to(h.device)).to(state["scores"].device)
                 state["norms"][:, j] = norms
             if layer == last_layer:
                 raise StopForward

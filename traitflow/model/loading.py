@@ -2,10 +2,13 @@
 
 ``spec.model`` is a path relative to the project root when that exists (an absolute path is
 accepted too), else a hub id. dtype ``auto`` is bfloat16 on a CUDA device that supports it,
-else float32; device ``auto`` is cuda, else mps, else cpu. ``quantization`` uses bitsandbytes
-through transformers' ``BitsAndBytesConfig`` (CUDA only). ``lora`` is a PEFT adapter applied
-with ``PeftModel.from_pretrained``. Tokenizers pad on the left; a missing pad token falls back
-to eos.
+else float32; device ``auto`` is cuda, else mps, else cpu. ``device_map: auto`` hands placement
+to transformers/accelerate (``device_map="auto"``: the blocks spread over this machine's GPUs,
+everything on cpu without one) and ignores ``device``; inputs then go to the embedding's device.
+``quantization`` (8bit/4bit) uses bitsandbytes through transformers' ``BitsAndBytesConfig``, on
+CUDA or CPU (bitsandbytes ships a CPU backend; 4-bit computes in the resolved dtype, 8-bit casts
+inputs to float16). ``lora`` is a PEFT adapter applied with ``PeftModel.from_pretrained`` (on a
+quantized base too). Tokenizers pad on the left; a missing pad token falls back to eos.
 
 torch, transformers and peft are imported inside functions: Dagster imports this module in
 many processes and must not pay for them.
@@ -126,24 +129,51 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _quantization_config(spec: ModelSpec, device: Any, dtype: Any) -> Any:
+class _DropCastNotice:
+    """Logging filter: bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" on
+    every forward of every 8-bit layer whose input is not float16 (always, in float32/bfloat16)."""
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+_CAST_NOTICE = _DropCastNotice()
+
+
+def _quantization_config(spec: ModelSpec, dtype: Any) -> Any:
+    """transformers' BitsAndBytesConfig for ``spec.quantization`` (None for ``none``)."""
     if spec.quantization == "none":
         return None
-    if device.type != "cuda":
-        raise TraitflowError(
-            f"model {spec.model!r}: quantization {spec.quantization!r} needs a CUDA device (bitsandbytes), got {device}"
-        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise TraitflowError(
             f"model {spec.model!r}: quantization {spec.quantization!r} needs the bitsandbytes package (pip install bitsandbytes)"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - a broken native library shows as anything
+        raise TraitflowError(f"model {spec.model!r}: bitsandbytes does not load here: {_first_line(exc)}") from None
+    import logging
+
     from transformers import BitsAndBytesConfig
 
     if spec.quantization == "8bit":
+        cast_logger = logging.getLogger("bitsandbytes.autograd._functions")
+        if _CAST_NOTICE not in cast_logger.filters:
+            cast_logger.addFilter(_CAST_NOTICE)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+
+
+def _device_map(spec: ModelSpec, device: Any, quantized: bool) -> Any:
+    """``from_pretrained``'s device_map: ``auto`` when asked; a quantized model is placed whole on
+    its device at load (bitsandbytes layers cannot be moved with ``.to`` afterwards); else None."""
+    if spec.device_map == "auto":
+        return "auto"
+    if quantized:
+        if device.type == "cuda":
+            return {"": device.index if device.index is not None else 0}
+        return {"": str(device)}
+    return None
 
 
 # --------------------------------------------------------------------------- loading
@@ -169,22 +199,28 @@ def load_model(spec: ModelSpec, root: Path) -> LoadedModel:
 
     root = Path(root)
     source, is_local = _resolve_source(spec.model, root, "model")
-    device = resolve_device(spec.device)
+    # device_map: auto ignores `device`; the best device here only picks the `auto` dtype.
+    device = resolve_device("auto" if spec.device_map == "auto" else spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    quant = _quantization_config(spec, device, dtype)
+    quant = _quantization_config(spec, dtype)
+    device_map = _device_map(spec, device, quant is not None)
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.trust_remote_code}
     if spec.revision is not None and not is_local:
         kwargs["revision"] = spec.revision
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": device.index if device.index is not None else 0}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     where = f"model {spec.model!r}" + ("" if is_local else " (hub id; no local path at that location)")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
-        raise TraitflowError(f"cannot load {where}: {_first_line(exc)}") from None
-    if quant is None:
+        setup = [f"quantization {spec.quantization}"] if quant is not None else []
+        setup += ["device_map auto"] if spec.device_map == "auto" else [f"on {device}"] if setup else []
+        suffix = f" ({', '.join(setup)})" if setup else ""
+        raise TraitflowError(f"cannot load {where}{suffix}: {_first_line(exc)}") from None
+    if device_map is None:
         model = model.to(device)
 
     tok_kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, "padding_side": "left"}
@@ -208,7 +244,7 @@ def load_model(spec: ModelSpec, root: Path) -> LoadedModel:
             model = PeftModel.from_pretrained(model, lora_source)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise TraitflowError(f"cannot load LoRA adapter {spec.lora!r}: {_first_line(exc)}") from None
-        if quant is None:
+        if device_map is None:
             model = model.to(device)
 
     model.eval()

@@ -115,10 +115,10 @@ def calibrate(
 
     def make_hook(ci: int, layer: int) -> Callable[[Any, Any, Any], None]:
         def hook(module: Any, inputs: Any, output: Any) -> None:
-            h = output_tensor(output).float()  # [B, T, H]
-            mask = state["mask"]  # [B, T] float, 1 on real tokens
-            state["sum_h"][ci, layer] += torch.einsum("bth,bt->h", h, mask)
-            state["sum_norm"][ci, layer] += (h.norm(dim=-1) * mask).sum()
+            h = output_tensor(output).float()  # [B, T, H]; on its block's device (`device_map: auto`)
+            mask = state["mask"].to(h.device)  # [B, T] float, 1 on real tokens
+            state["sum_h"][ci, layer] += torch.einsum("bth,bt->h", h, mask).to(state["sum_h"].device)
+            state["sum_norm"][ci, layer] += (h.norm(dim=-1) * mask).sum().to(state["sum_norm"].device)
 
         return hook
 

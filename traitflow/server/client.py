@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from traitflow.errors import TraitflowError
+from traitflow.errors import TraitflowError, TransientError
 from traitflow.server.wire import DISCOVERY_FILE, NO_SERVER_ENV, output_from_json, spec_digest
 from traitflow.stages.context import StageContext, StageOutput
 
@@ -68,7 +68,7 @@ class ServerClient:
                     if event.get("busy"):
                         raise _busy(self.url, event["error"])
                     if event.get("user"):
-                        raise TraitflowError(event["error"])
+                        raise (TransientError if event.get("transient") else TraitflowError)(event["error"])
                     raise RuntimeError(f"model server at {self.url}: {event['error']} (its log has the traceback)")
                 yield event
                 if "output" in event or "done" in event:
@@ -106,7 +106,7 @@ class ServerClient:
 
 
 def _busy(url: str, error: str) -> TraitflowError:
-    return TraitflowError(f"model server at {url} is {error}; retry later, or set {NO_SERVER_ENV}=1 to load locally")
+    return TransientError(f"model server at {url} is {error}; retry later, or set {NO_SERVER_ENV}=1 to load locally")
 
 
 def find_server(root: Path, honour_no_server: bool = True) -> ServerClient | None:

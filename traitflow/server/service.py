@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from traitflow.errors import SpecErrors, TraitflowError
+from traitflow.errors import SpecErrors, TraitflowError, TransientError
 from traitflow.server.wire import DISCOVERY_FILE, output_to_json, spec_digest
 from traitflow.store.atomic import atomic_write_text
 
@@ -354,8 +354,8 @@ def _handler(server: ModelServer, log: Callable[[str], None]) -> type[BaseHTTPRe
                     emit({"error": str(exc), "not_served": True})
                 except SpecErrors as many:
                     emit({"error": "; ".join(e.format() for e in many.errors), "user": True})
-                except TraitflowError as exc:
-                    emit({"error": str(exc), "user": True})
+                except TraitflowError as exc:  # a TransientError (judge or bucket down) keeps its kind
+                    emit({"error": str(exc), "user": True, "transient": isinstance(exc, TransientError)})
                 except Exception as exc:  # noqa: BLE001 - reported to the client, the server goes on
                     log(traceback.format_exc())
                     emit({"error": f"{type(exc).__name__}: {exc}", "user": False})

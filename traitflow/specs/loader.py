@@ -766,6 +766,7 @@ def _check_small_languages(spec: ExperimentSpec, path: Path, located: LocatedYam
                 checks.append(((section, "position"), parse_position, position))
     checks.append((("steering", "layers"), check_layers_syntax, spec.steering.layers))
     checks.append((("inference", "layers"), check_layers_syntax, spec.inference.layers))
+    checks.append((("inference", "save_layers"), _check_save_layers, spec.inference.save_layers))
     for loc, check, value in checks:
         try:
             check(value)
@@ -783,6 +784,16 @@ def _check_small_languages(spec: ExperimentSpec, path: Path, located: LocatedYam
             errors.append(SpecError(path, f"{judge.model!r} names no variant of this experiment "
                                           f"(variants: {', '.join(spec.variants)})", line=located.line_of(loc), field=dotted(loc)))
     return errors
+
+
+def _check_save_layers(value: str | int) -> None:
+    """`inference.save_layers`: the layer DSL without `best` (activations are saved before any trait's best layer is known)."""
+    from traitflow.extract.layers import check_layers_syntax
+
+    check_layers_syntax(value)
+    if any(token.strip().lower().startswith("best") for token in str(value).split(",")):
+        raise TraitflowError(f"{value!r}: `best` is a trait's layer, unknown when activations are saved; "
+                             "use all, N, A-B, A-B:S or P%-Q% (projections read the saved layers that cover each trait)")
 
 
 def empty_window_problem(position: str, max_new_tokens: int) -> str | None:

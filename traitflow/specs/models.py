@@ -20,8 +20,14 @@ class ModelSpec(Strict):
     model: str = Field(..., description="HF hub id or a path relative to the project root.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
-    quantization: Literal["none", "8bit", "4bit"] = "none"
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$",
+        description="auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps. Ignored with `device_map: auto`.")
+    device_map: Literal["auto"] | None = Field(
+        None, description="auto: spread the model over the GPUs of this machine (transformers' device_map='auto'; "
+                          "without a GPU everything is placed on cpu). `device` is then ignored.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="Load the linear layers in 8 or 4 bit with bitsandbytes (CUDA or CPU).")
     lora: str | None = Field(None, description="PEFT adapter: local path or hub id.")
     chat_template: Literal["auto", True, False] = Field(
         "auto", description="Use the tokenizer's chat template (auto: when it has one); base models: false."
@@ -191,6 +197,12 @@ class InferenceSpec(Strict):
     response_only: bool = Field(False, description="Store projections of response tokens only (not the prompt's).")
     vectors_from: str | None = Field(
         None, description="Monitor with another experiment's vectors (extract once, apply everywhere).")
+    save_activations: bool = Field(
+        False, description="Store every response token's residual activations (float16; large) in the "
+                           "`inference_activations` asset, so projections for new traits run without the model.")
+    save_layers: str | int = Field(
+        "all", description="Layer DSL (no `best`): the layers save_activations stores. Projections read them only "
+                           "when they cover every layer a trait is monitored at.")
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(16, ge=1)
 

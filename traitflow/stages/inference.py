@@ -1,15 +1,25 @@
-"""Inference stages: inference_responses → projections (prompt set × variant), and calibration (variant)."""
+"""Inference stages: inference_responses → (inference_activations →) projections (prompt set × variant),
+and calibration (variant)."""
 
+import hashlib
+import json
 import math
 from typing import Any
 
-from traitflow.artifacts import Calibration, InferenceResponses, Projections, ReplayedResponses, responses_artifact
+from traitflow.artifacts import (
+    Calibration,
+    InferenceActivations,
+    InferenceResponses,
+    Projections,
+    ReplayedResponses,
+    responses_artifact,
+)
 from traitflow.errors import TraitflowError
 from traitflow.stages.context import Markdown, ReadContext, StageContext, StageOutput
 from traitflow.stages.which_vector import CMA_ES, has_vectors, monitored_vector, vectors_context, vectors_for_method
 
-__all__ = ["inference_layers", "read_calibration", "run_calibration", "run_inference_responses", "run_projections",
-           "run_replayed_responses"]
+__all__ = ["inference_layers", "read_calibration", "responses_hash", "run_calibration", "run_inference_activations",
+           "run_inference_responses", "run_projections", "run_replayed_responses", "saved_activations"]
 
 
 def run_inference_responses(ctx: StageContext, prompt_set: str, variant: str) -> StageOutput:
@@ -44,6 +54,57 @@ def run_replayed_responses(ctx: StageContext, prompt_set: str, variant: str) -> 
     record["input_hashes"] = {"prompt_set": ctx.project.prompt_sets[prompt_set].content_hash()}
     path = ctx.artifacts.write(ReplayedResponses, record, prompt_set, variant)
     return StageOutput(path, {"n_prompts": len(record["items"]), "mode": record["mode"], "replayed_from": source})
+
+
+def responses_hash(record: dict) -> str:
+    """Content hash of a responses record (token ids, texts, model identity): what saved activations were made from."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def run_inference_activations(ctx: StageContext, prompt_set: str, variant: str) -> StageOutput:
+    """Every response token's residual activations at `inference.save_layers` (float16), so projections
+    onto traits extracted later run without the model (`inference.save_activations: true`)."""
+    from traitflow.extract.layers import parse_layers
+    from traitflow.monitor.projections import capture_activations
+
+    exp = ctx.experiment
+    spec = exp.spec.inference
+    responses = ctx.artifacts.read(responses_artifact(spec.replay, variant), prompt_set, variant)
+    loaded = ctx.load_model(variant)
+    try:
+        layers = parse_layers(spec.save_layers, loaded.n_layers)
+    except TraitflowError as exc:
+        raise TraitflowError(f"{exp.path}: inference.save_layers: {exc}") from None
+    saved = capture_activations(loaded, responses, layers, spec.batch_size)
+    saved.metadata["input_hashes"] = {"responses": responses_hash(responses), "model": _model_version(ctx, variant)}
+    path = ctx.artifacts.write(InferenceActivations, saved, prompt_set, variant)
+    n_tokens = int(saved.offsets[-1])
+    return StageOutput(path, {"n_prompts": len(responses["items"]), "n_tokens": n_tokens, "n_layers": len(layers),
+                              "megabytes": round(n_tokens * len(layers) * loaded.hidden_size * 2 / 1e6, 3)})
+
+
+def _model_version(ctx: StageContext, variant: str) -> str:
+    from traitflow.model.fingerprint import model_version
+
+    return model_version(ctx.experiment.variants[variant], ctx.project.root)
+
+
+def saved_activations(ctx: StageContext, prompt_set: str, variant: str, responses: dict) -> dict | None:
+    """The metadata of the partition's saved activations when `inference.save_activations` is on
+    (the asset exists, so Dagster tracks them) and they were made from exactly these responses by
+    exactly this model (content hashes of both: replayed or imported replies can stay the same
+    while the weights change); else None."""
+    if not ctx.experiment.spec.inference.save_activations:
+        return None
+    meta = InferenceActivations.read_metadata(ctx.store, ctx.experiment.name, prompt_set, variant)
+    if meta is None:
+        return None
+    hashes = meta.get("input_hashes") if isinstance(meta.get("input_hashes"), dict) else {}
+    if hashes.get("responses") != responses_hash(responses) or hashes.get("model") != _model_version(ctx, variant):
+        ctx.log(f"projections: the saved activations of {prompt_set}|{variant} were made from other responses or "
+                "another model; projecting with the model")
+        return None
+    return meta
 
 
 def run_calibration(ctx: StageContext, variant: str) -> StageOutput:
@@ -90,7 +151,11 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> StageOu
 
     exp = ctx.experiment
     responses = ctx.artifacts.read(responses_artifact(ctx.experiment.spec.inference.replay, variant), prompt_set, variant)
-    loaded = ctx.load_model(variant)
+    # Saved activations of these very responses (`inference.save_activations`) spare the model when
+    # they hold every layer a trait is monitored at.
+    saved = saved_activations(ctx, prompt_set, variant, responses)
+    loaded = ctx.load_model(variant) if saved is None else None
+    n_layers = loaded.n_layers if loaded is not None else int(saved["n_layers"])  # type: ignore[index]
     src = vectors_context(ctx, "inference")
     probes, skipped, baselines = [], [], {}
     for trait in exp.traits:
@@ -102,7 +167,7 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> StageOu
         position, component, method, best = monitored_vector(ctx, trait)
         # `inference.method: cma_es` asks for the CMA-ES refinement by name; otherwise the extracted vectors.
         vectors = vectors_for_method(src, trait, method)
-        layers = inference_layers(exp.spec.inference.layers, loaded.n_layers, best)
+        layers = inference_layers(exp.spec.inference.layers, n_layers, best)
         defined = vectors.defined_layers(position, component, method)
         if method == CMA_ES:
             layers = [layer for layer in layers if layer in defined]  # a refinement exists at its one layer
@@ -129,14 +194,24 @@ def run_projections(ctx: StageContext, prompt_set: str, variant: str) -> StageOu
                 raise TraitflowError(f"{exp.path}: inference.centre needs each vector's class-midpoint baseline; "
                                      f"{probe.trait}'s {probe.method} vectors have none")
         options["centre"] = {p.trait: dict(zip(p.layers, baselines[p.trait], strict=True)) for p in probes}
+    if saved is not None:
+        needed = sorted({layer for p in probes for layer in p.layers})
+        absent = [layer for layer in needed if layer not in saved["layers"]]
+        if absent:
+            ctx.log(f"projections: the saved activations of {prompt_set}|{variant} lack layers {absent} "
+                    f"(inference.save_layers); projecting with the model")
+            loaded = ctx.load_model(variant)
+        else:
+            options["activations"] = InferenceActivations.read_layers(ctx.store, exp.name, needed, prompt_set, variant)
     record = project_responses(loaded, responses, probes, exp.spec.inference.batch_size, **options)
     record["skipped_traits"] = skipped
+    record["computed_from"] = "saved_activations" if "activations" in options else "model"
     path = ctx.artifacts.write(Projections, record, prompt_set, variant)
     from traitflow.charts import projection_charts
 
     chart = projection_charts(record)
     files = chart.write(path.parent, ctx.store)
-    numbers: dict[str, Any] = {"n_prompts": len(record["items"])}
+    numbers: dict[str, Any] = {"n_prompts": len(record["items"]), "computed_from": record["computed_from"]}
     for probe in probes:
         means = [m for m in response_means(record, probe.trait, probe.layers[0]) if math.isfinite(m)]  # empty replies: nan
         if means:

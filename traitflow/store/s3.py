@@ -26,12 +26,14 @@ from typing import Any, Literal
 
 from dagster_aws.s3 import S3Resource
 
-from traitflow.errors import TraitflowError
+from traitflow.errors import TraitflowError, TransientError
 from traitflow.store.artifacts import ArtifactStore
 
 Checksums = Literal["when_supported", "when_required"]
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MIRROR = Path(".traitflow") / "s3"  # under the project root
+SERVER_SIDE = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
+               "TooManyRequests")
 ETAG_SUFFIX = ".etag"  # `.<file>.etag` beside each mirrored file: the ETag it was downloaded or uploaded at
 
 
@@ -88,6 +90,10 @@ def s3_client(endpoint_url: str | None, region: str | None, checksums: Checksums
         return _CLIENTS[key]
 
 
+def _reraise(exc: BaseException) -> Any:
+    raise exc
+
+
 def _etag_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{ETAG_SUFFIX}")
 
@@ -129,18 +135,33 @@ class S3ArtifactStore(ArtifactStore):
 
     # ------------------------------------------------------------------ the bucket, in one place
     def _call(self, what: str, fn: Any, *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
-        """One S3 call; anything but success becomes one line naming the storage (no secrets in it).
-        With `missing_ok`, "no such key" returns None."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        """One S3 call; anything but success becomes one line naming the storage (no secrets in it):
+        a TransientError when the bucket did not answer or was overloaded (a later try may pass),
+        else a TraitflowError. With `missing_ok`, "no such key" returns None."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            ResponseStreamingError,
+        )
 
         try:
             return fn(*args, **kwargs)
+        except Boto3Error as exc:  # the transfer manager's: an upload's ClientError inside, or retries exhausted
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClientError | BotoCoreError):
+                return self._call(what, _reraise, cause, missing_ok=missing_ok)
+            raise TransientError(f"storage {self.uri}: cannot {what}: {exc}") from None
         except NoCredentialsError:
             raise TraitflowError(f"storage {self.uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                                  "(or AWS_PROFILE) in the environment") from None
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "?")
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
             if missing_ok and code in ("404", "NoSuchKey", "NotFound"):
                 return None
             if code in ("NoSuchBucket",):
@@ -148,10 +169,14 @@ class S3ArtifactStore(ArtifactStore):
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"):
                 raise TraitflowError(f"storage {self.uri}: access denied while trying to {what} ({code}); check the credentials "
                                      "in the environment") from None
-            raise TraitflowError(f"storage {self.uri}: cannot {what}: {code} {error.get('Message', '')}".rstrip()) from None
-        except BotoCoreError as exc:
-            endpoint = self.client.meta.endpoint_url
-            raise TraitflowError(f"storage {self.uri}: cannot {what} at {endpoint}: {exc}") from None
+            message = f"storage {self.uri}: cannot {what}: {code} {error.get('Message', '')}".rstrip()
+            overloaded = code in SERVER_SIDE or status.startswith("5") or status == "429"
+            raise (TransientError if overloaded else TraitflowError)(message) from None
+        except (ConnectionError, HTTPClientError, ResponseStreamingError) as exc:  # no answer, timed out, cut off
+            endpoint = s3_client(self.endpoint_url, self.region, self.checksums).meta.endpoint_url
+            raise TransientError(f"storage {self.uri}: cannot {what} at {endpoint}: {exc}") from None
+        except BotoCoreError as exc:  # a setting boto3 refuses (region, profile, parameters): the user's to fix
+            raise TraitflowError(f"storage {self.uri}: cannot {what}: {exc}") from None
 
     def _etag(self, path: Path) -> str | None:
         """The object's ETag, or None when there is no such object."""
