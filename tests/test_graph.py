@@ -83,7 +83,8 @@ def test_a_field_changes_exactly_its_readers(field, base_root, tmp_path):  # noq
 # exist, not what one partition holds) — any stage may read them.
 STRUCTURE = {"name", "variants", "traits", "extraction.variant", "steering.variants", "inference.variants",
              "inference.prompt_sets", "storage.uri", "storage.endpoint_url", "storage.region", "storage.checksums", "comparisons", "steering.vectors_from", "inference.vectors_from",
-             "inference.replay"}  # which asset holds a variant's responses (inference_responses or replayed_responses)
+             "inference.replay",  # which asset holds a variant's responses (inference_responses or replayed_responses)
+             "inference.save_activations"}  # whether inference_activations exists (projections use it only then)
 PROPERTIES = {"extraction.positions": "extraction.position"}
 
 

@@ -18,7 +18,6 @@ The bucket's endpoint and credentials come from the environment (`AWS_ENDPOINT_U
 `AWS_ACCESS_KEY_ID`, …), as for s3:// storage (docs/storage.md).
 """
 
-import hashlib
 import os
 import sys
 import tempfile
@@ -31,20 +30,10 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from traitflow.errors import TraitflowError
+from traitflow.model.fingerprint import content_hash
 
 HASH_META = "blake2b"  # user metadata key of an object: its content hash
 RAW_ACTIVATIONS = ("activations", "inference_activations")  # asset folders left behind unless --include-activations
-CHUNK = 1 << 20
-
-
-def content_hash(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def synced(relative: str, include_activations: bool) -> bool:
     """Whether a file (path relative to the experiment's folder) takes part in a sync."""
     parts = relative.split("/")

@@ -25,7 +25,8 @@ CHUNK = 1 << 20
 BIG_FILE = 64 << 20
 
 
-def _content_hash(file: Path) -> str:
+def content_hash(file: Path) -> str:
+    """blake2b-128 of a file's bytes, read in 1 MB chunks (model weights; synced artifacts)."""
     digest = hashlib.blake2b(digest_size=16)
     with open(file, "rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -50,7 +51,7 @@ class _HashCache:
         entry = self.entries.get(key)
         if isinstance(entry, list) and len(entry) == 4 and entry[:3] == seen:
             return entry[3]
-        value = _content_hash(file)
+        value = content_hash(file)
         self.entries[key] = [*seen, value]
         self.changed = True
         if stat.st_size >= BIG_FILE:
