@@ -17,6 +17,7 @@ from assets.extraction import build_extraction_assets
 from assets.inference import build_inference_assets
 from assets.sources import ModelSources, dataset_change_sensor, observe_jobs, prompt_source, trait_source
 from assets.steering import build_steering_assets
+from assets.summary import build_summary_asset
 from resources import ArtifactStoreResource, ModelResource
 from traitflow.specs.loader import Experiment, Project
 
@@ -46,6 +47,13 @@ def build_experiment(project: Project, exp: Experiment) -> tuple[list, list, lis
     if prompts is not None:
         assets += [prompts, *build_inference_assets(project, exp, prompts, vector_assets("inference"), models)]
         sources.append(prompts)
+    # The summary reads every trait's best vector and extraction scores (the steering source's,
+    # when this experiment extracts nothing), and the comparisons, when they are built.
+    built = {key for a in assets if isinstance(a, dg.AssetsDefinition) for key in a.keys}
+    extraction_eval = dg.AssetKey([exp.name if exp.extracts else exp.vector_source("steering").name, "extraction_eval"])
+    summarised = [dg.AssetKey([exp.name, "best_vector"]), extraction_eval]
+    summarised += [k for k in (dg.AssetKey([exp.name, "variant_diff"]),) if k in built]
+    assets.append(build_summary_asset(project, exp, summarised))
     assets += models.assets
     sources += models.assets
     jobs = observe_jobs(exp, sources)

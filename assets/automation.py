@@ -41,6 +41,11 @@ SENSOR_INTERVAL_S = _sensor_interval()
 
 
 def _ready(exp: Experiment, asset: str) -> dg.AutomationCondition:
+    idle = ~AC.any_deps_in_progress() & ~AC.in_progress() & AC.all_deps_blocking_checks_passed()
+    if row(asset).partitions == "experiment":
+        # The summary reads whatever is there (a trait whose vetting failed is a row of None): a
+        # missing partition upstream must not hold it back for good.
+        return idle
     missing = AC.any_deps_missing()
     if row(asset).vector_stage == "inference":
         # Projections and comparisons read every trait's vectors and leave out a trait without
@@ -48,7 +53,7 @@ def _ready(exp: Experiment, asset: str) -> dg.AutomationCondition:
         source = exp.vector_source("inference").name
         missing = missing.ignore(dg.AssetSelection.assets(*(dg.AssetKey([source, name])
                                                              for name in ("vectors", "extraction_eval", "cma_es"))))
-    return ~missing & ~AC.any_deps_in_progress() & ~AC.in_progress() & AC.all_deps_blocking_checks_passed()
+    return ~missing & idle
 
 
 def _changed() -> dg.AutomationCondition:

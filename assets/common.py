@@ -15,8 +15,9 @@ from traitflow.errors import TraitflowError, TransientError
 from traitflow.graph import row
 from traitflow.server.client import run_stage
 from traitflow.specs.loader import Experiment, Project
-from traitflow.stages.context import Markdown, StageContext, StageOutput
+from traitflow.stages.context import Markdown, StageContext, StageOutput, Table
 from traitflow.store.locks import partition_lock
+from traitflow.view.urls import asset_page
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 INTERRUPTED = "interrupted (Ctrl-C)"  # a step of `traitflow run` stopped by the user: the runner stops too
@@ -85,7 +86,27 @@ def _metadata_value(key: str, value):
         return dg.MetadataValue.path(value)
     if isinstance(value, Markdown):
         return dg.MetadataValue.md(value.text)
+    if isinstance(value, Table):
+        return dg.MetadataValue.table(
+            records=[dg.TableRecord(record) for record in value.records()],
+            schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in value.columns.items()]))
     return value
+
+
+def output_metadata(output: StageOutput, experiment: str, asset: str, dims: dict[str, str],
+                    served_by: str | None = None) -> dict:
+    """A stage's output as the Dagster metadata of its partition: its numbers, tables, chart and
+    samples, the link to the partition's page in the viewer (`traitflow view`, TRAITFLOW_VIEW_URL),
+    the model server that ran it, and its checks' outcomes (for the check step)."""
+    metadata = {k: _metadata_value(k, v) for k, v in output.metadata().items()}
+    page = asset_page(experiment, asset, dims)
+    if page is not None:
+        metadata["viewer"] = dg.MetadataValue.url(page)
+    if served_by is not None:
+        metadata["model_server"] = dg.MetadataValue.url(served_by)
+    for name, check in output.checks.items():
+        metadata |= check_metadata(name, check)
+    return metadata
 
 
 def for_each_partition(
@@ -143,10 +164,20 @@ def for_each_partition(
                 if context.run.tags.get("traitflow/pid") == str(os.getpid()):
                     raise dg.Failure(INTERRUPTED, allow_retries=False) from exc
                 raise
-        metadata = {k: _metadata_value(k, v) for k, v in output.metadata().items()}
-        if served_by is not None:
-            metadata["model_server"] = dg.MetadataValue.url(served_by)
-        for name, check in output.checks.items():
-            metadata |= check_metadata(name, check)
-        context.add_asset_metadata(metadata, partition_key=key)
+        context.add_asset_metadata(output_metadata(output, ctx.experiment.name, asset, dims, served_by), partition_key=key)
     return dg.MaterializeResult(asset_key=context.assets_def.key)
+
+
+def once_per_experiment(context: dg.AssetExecutionContext, stage: Callable[[StageContext], StageOutput],
+                        ctx: StageContext) -> dg.MaterializeResult:
+    """Run an unpartitioned asset's `stage` (one per experiment, e.g. `summary`): under the asset's
+    lock like any partition, here (no model work, so never on the model server)."""
+    asset = context.assets_def.key.path[-1]
+    try:
+        with partition_lock(ctx.store.root, ctx.experiment.name, asset, "all", run_id=context.run_id):
+            output = stage(ctx)
+    except TransientError:  # a bucket that did not answer: the step's retry policy tries again
+        raise
+    except TraitflowError as exc:  # a spec or a store to fix: no retries
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    return dg.MaterializeResult(metadata=output_metadata(output, ctx.experiment.name, asset, {}))

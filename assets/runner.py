@@ -118,7 +118,8 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
         batches: list[tuple[list[str], list[str], set[str]]] = []
         for name in selected:
             partitions_def = by_name[name].partitions_def
-            keys = partitions_def.get_partition_keys()
+            # An unpartitioned asset (one per experiment: summary) is the one key None.
+            keys = partitions_def.get_partition_keys() if partitions_def is not None else [None]
             wanted = set(keys)
             if stage in ("generation", "extraction", "steering", "selection"):
                 wanted = {k for k in keys if _trait_of(partitions_def, k) in traits and _trait_of(partitions_def, k) not in failed}
@@ -137,6 +138,10 @@ def run_experiment(project: Project, experiment: str, stages: list[str], trait_g
             else:
                 batches.append(([name], keys, todo))
         for batch, keys, todo in batches:
+            if keys == [None]:  # unpartitioned: one run of the asset, no partition
+                if todo:
+                    done.append(_materialize(asset_job, instance, experiment, stage, batch, None, None, process_tags, started))
+                continue
             for start, end in _contiguous_ranges(keys, todo):
                 done.append(_materialize(asset_job, instance, experiment, stage, batch, start, end, process_tags, started))
     summary = f"materialized {len(done)} run(s) in {time.monotonic() - started:.1f}s"
@@ -246,12 +251,13 @@ def configure_gpu_pool(instance: dg.DagsterInstance) -> int | None:
     return slots
 
 
-def _materialize(asset_job, instance: dg.DagsterInstance, experiment: str, stage: str, names: list[str], start: str,
-                 end: str, process_tags: dict[str, str], started: float) -> str:
-    """One Dagster run of `names` over the partition range start … end; a one-line error if it fails."""
-    label = start if start == end else f"{start} … {end}"
+def _materialize(asset_job, instance: dg.DagsterInstance, experiment: str, stage: str, names: list[str], start: str | None,
+                 end: str | None, process_tags: dict[str, str], started: float) -> str:
+    """One Dagster run of `names` over the partition range start … end (None: unpartitioned assets);
+    a one-line error if it fails."""
+    label = "the experiment" if start is None else start if start == end else f"{start} … {end}"
     print(f"[{time.monotonic() - started:6.1f}s] {experiment}: {', '.join(names)} for {label}", flush=True)
-    tags = ({"dagster/partition": start} if start == end else
+    tags = ({} if start is None else {"dagster/partition": start} if start == end else
             {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})
     result = asset_job.execute_in_process(
         asset_selection=[dg.AssetKey([experiment, n]) for n in names],

@@ -2,6 +2,10 @@
 
 Each benchmark module has `run() -> list[dict]` returning entries with `name`, `value`, `unit`,
 `target` (and optional `detail`); ratios are measured side by side in one run.
+
+`bench.bench_view` times the research viewer's pages on a 250-trait, 40-layer synthetic experiment
+(server over HTTP, and drawn in headless Chromium when playwright and /usr/bin/chromium are there)
+and Live chat through the viewer against `traitflow monitor`.
 """
 
 import importlib
@@ -9,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-MODULES = ["bench.bench_defs", "bench.bench_incremental", "bench.bench_server", "bench.bench_capture", "bench.bench_extraction", "bench.bench_steering", "bench.bench_monitor"]
+MODULES = ["bench.bench_defs", "bench.bench_incremental", "bench.bench_server", "bench.bench_capture", "bench.bench_extraction", "bench.bench_steering", "bench.bench_monitor", "bench.bench_view"]
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 

@@ -370,8 +370,11 @@ def toy_demo(tmp_path_factory) -> dict:
     demo = (root / "specs/experiments/demo.yaml").read_text()
     (root / "specs/experiments/demo.yaml").write_text(demo.replace("prompt_sets: [toy/general]", "prompt_sets: [toy/general, toy/contrast]"))
     project = load_project(root, experiments=["demo"])
-    summary = run_experiment(project, "demo", stages=["all"], instance=dg.DagsterInstance.ephemeral())
-    return {"root": root, "project": project, "summary": summary, "report": build_report(project, "demo")}
+    # Kept: tests read the materializations' metadata from it (tests/test_metadata_links.py).
+    instance = dg.DagsterInstance.ephemeral()
+    summary = run_experiment(project, "demo", stages=["all"], instance=instance)
+    return {"root": root, "project": project, "summary": summary, "report": build_report(project, "demo"),
+            "instance": instance}
 
 
 

@@ -24,6 +24,7 @@ def test_every_asset_has_a_class_with_the_tables_file_and_partition_folders(tmp_
         tmp_path / "e/projections/toy/general/chat/projections.json"
     assert ARTIFACTS["variant_diff"].path(store, "e", "a_vs_b/toy/general") == \
         tmp_path / "e/variant_diff/a_vs_b/toy/general/variant_diff.json"
+    assert ARTIFACTS["summary"].path(store, "e") == tmp_path / "e/summary/summary.json"  # one per experiment
     assert Steering.results_log(store, "e", "t/x", "chat") == tmp_path / "e/steering/t/x/chat/results.jsonl"
     assert CmaEs.vector_path(store, "e", "t/x", "chat") == tmp_path / "e/cma_es/t/x/chat/vectors.safetensors"
 

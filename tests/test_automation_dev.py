@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHAIN = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens", "steering")
 EXPECTED = {*((name, "starter/optimism|chat") for name in CHAIN), ("best_vector", "starter/optimism"),
             ("projections", "starter/general|chat"), ("projections", "starter/general|plain"),
-            ("variant_diff", "chat_vs_plain/starter/general")}
+            ("variant_diff", "chat_vs_plain/starter/general"), ("summary", None)}
 
 
 def materialized_since(instance: dg.DagsterInstance, after: int) -> set[tuple[str, str]]:

@@ -28,6 +28,7 @@ def test_asset_graph_shape(tmp_path):
     assets = by_key(defs_for(root))
     expected = {"exp/trait_datasets", "exp/responses", "exp/vetting", "exp/logit_lens", "exp/steering", "exp/best_vector", "exp/activations", "exp/vectors", "exp/extraction_eval",
                 "exp/prompt_sets", "exp/inference_responses", "exp/projections", "exp/variant_diff", "exp/calibration",
+                "exp/summary",  # unpartitioned: one per experiment
                 # the model variants, as sources: all of them, and the extraction (and steering) variant alone
                 "exp/models", "exp/models_extraction"}
     assert expected == set(assets)
@@ -43,6 +44,10 @@ def test_asset_graph_shape(tmp_path):
     assert projections.specs_by_key[projections.key].tags["traitflow/stage"] == "inference"
     deps = {d.asset_key.to_user_string() for d in projections.specs_by_key[projections.key].deps}
     assert deps == {"exp/inference_responses", "exp/vectors", "exp/extraction_eval", "exp/calibration"}
+    summary = assets["exp/summary"]
+    assert summary.partitions_def is None and summary.specs_by_key[summary.key].tags["traitflow/stage"] == "summary"
+    assert {d.asset_key.to_user_string() for d in summary.specs_by_key[summary.key].deps} == {
+        "exp/best_vector", "exp/extraction_eval", "exp/variant_diff"}
     graph = dg.Definitions.validate_loadable(defs_for(root))  # raises if the graph is inconsistent
     assert graph is None
 
@@ -63,7 +68,7 @@ def test_code_versions_follow_the_spec_fields_each_asset_reads(tmp_path):
 
     assert changed_by('layers: "best,best+2"', 'layers: "best"') == {"exp/projections"}
     extraction_chain = {"exp/activations", "exp/vectors", "exp/extraction_eval", "exp/logit_lens", "exp/projections",
-                        "exp/steering", "exp/best_vector", "exp/variant_diff"}
+                        "exp/steering", "exp/best_vector", "exp/variant_diff", "exp/summary"}
     assert changed_by('layers: "30%-60%"', 'layers: "all"') == extraction_chain
     # A new vetting threshold re-filters (and re-extracts) but never regenerates responses.
     assert changed_by("extraction: {", "extraction: {vetting: {pos_threshold: 70}, ") == {"exp/vetting"} | extraction_chain

@@ -127,6 +127,7 @@ STAGE_CALLS = [  # (asset, stage function in traitflow.stages, partition) on the
     ("inference_activations", "inference.run_inference_activations", {"prompt_set": "starter/general", "variant": "chat"}),
     ("projections", "inference.run_projections", {"prompt_set": "starter/general", "variant": "chat"}),
     ("variant_diff", "comparison.run_variant_diff", {"comparison": "chat_vs_plain/starter/general"}),
+    ("summary", "summary.run_summary", {}),
 ]
 
 

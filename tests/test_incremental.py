@@ -51,7 +51,7 @@ def test_editing_one_trait_reruns_exactly_its_chain(copy_of_slice):
     chain = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens", "steering")
     for name in chain:
         assert done[name] == {"starter/optimism|chat"}, name  # the formal trait's partitions stay as they were
-    assert done["best_vector"] == {"starter/optimism"}
+    assert done["best_vector"] == {"starter/optimism"} and done["summary"] == {None}
     # Every trait's vectors feed projections and comparisons, so they re-run; the replies they read do not.
     assert done["projections"] == {"starter/general|chat", "starter/general|plain"}
     assert done["variant_diff"] == {"chat_vs_plain/starter/general"}
@@ -148,7 +148,8 @@ def test_editing_one_variant_reruns_only_its_partitions(copy_of_slice):
     run_experiment(load_project(root), "t", stages=["all"], instance=instance)
     assert runs_by_asset(instance, before) == {
         "inference_responses": {"starter/general|plain"}, "calibration": {"plain"},
-        "projections": {"starter/general|plain"}, "variant_diff": {"chat_vs_plain/starter/general"}}
+        "projections": {"starter/general|plain"}, "variant_diff": {"chat_vs_plain/starter/general"},
+        "summary": {None}}  # unpartitioned: it reads the comparison
 
 
 def test_model_version_follows_the_weights(tmp_path):
@@ -215,7 +216,7 @@ def test_on_change_materialize_requests_exactly_the_edited_traits_chain(copy_of_
     chain = ("responses", "vetting", "activations", "vectors", "extraction_eval", "logit_lens", "steering")
     assert done == {**{name: {"starter/optimism|chat"} for name in chain}, "best_vector": {"starter/optimism"},
                     "projections": {"starter/general|chat", "starter/general|plain"},
-                    "variant_diff": {"chat_vs_plain/starter/general"}}
+                    "variant_diff": {"chat_vs_plain/starter/general"}, "summary": {None}}
 
 
 def automate(defs, instance, cursor, experiment: str = "t") -> dict[str, set[str]]:

@@ -46,8 +46,8 @@ def test_runs_cover_all_partitions_in_one_run_per_stage(materialized):
     materializations = [r for r in runs if not r.job_name.startswith("t_observe_")]
     # One observation per source (trait datasets, prompt sets, the models of all variants and of the
     # extraction variant), then one run per stage (generation, extraction, steering, selection,
-    # calibration, inference, comparison), not one per partition.
-    assert len(observations) == 4 and len(materializations) == 7
+    # calibration, inference, comparison, summary), not one per partition.
+    assert len(observations) == 4 and len(materializations) == 8
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     key = dg.AssetKey(["t", "vectors"])
     partitions = instance.get_materialized_partitions(key)

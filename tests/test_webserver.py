@@ -178,12 +178,17 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-component-update", "--disable-sync"]
 
 
-def test_chart_is_visible_in_the_ui(webserver, tmp_path):
-    """In a real browser: the extraction_eval partition page's "[Show Markdown]" opens the heatmap."""
+def require_chromium() -> None:
+    """Skip without Debian's Chromium, except in CI, where .ci/run installs it and its absence fails."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
         pytest.skip("Chromium not installed (apt-get install chromium)")
+
+
+def test_chart_is_visible_in_the_ui(webserver, tmp_path):
+    """In a real browser: the extraction_eval partition page's "[Show Markdown]" opens the heatmap."""
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -19,6 +19,7 @@ Where is artifact X defined, who writes it, who reads it?
 | :class:`InferenceActivations` | `inference_activations` | `activations.safetensors` | `stages.inference.run_inference_activations` | projections (without the model) |
 | :class:`Projections` | `projections` | `projections.json` | `stages.inference.run_projections` | report (existence), charts |
 | :class:`VariantDiff` | `variant_diff` | `variant_diff.json` | `stages.comparison.run_variant_diff` | report |
+| :class:`Summary` | `summary` | `summary.json` | `stages.summary.run_summary` (rows: `view.data.experiment_rows`) | (people, tools) |
 
 The asset name, file name and partitioning of each class come from its row of the asset table
 (:mod:`traitflow.graph`), which stays the one place that names them. A partition key becomes
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARTIFACTS", "SCHEMA_VERSION", "Activations", "Artifact", "Artifacts", "BestVector", "Calibration", "CmaEs",
     "ExtractionEval", "InferenceActivations", "InferenceResponses", "JsonArtifact", "LogitLens", "Projections", "ReplayedResponses", "Responses",
-    "Steering", "responses_artifact",
+    "Steering", "Summary", "responses_artifact",
     "VariantDiff", "Vectors", "Vetting", "check_schema_version",
 ]
 
@@ -85,6 +86,7 @@ PARTITION_RULES: dict[str, Callable[..., tuple[str, ...]]] = {
     "prompt_generating": lambda prompt_set, variant: (*_split(prompt_set), variant),
     "prompt_replay": lambda prompt_set, variant: (*_split(prompt_set), variant),
     "comparison": lambda comparison: _split(comparison),
+    "experiment": lambda: (),  # unpartitioned: `<storage>/<experiment>/<asset>/<file>`
 }
 
 
@@ -322,6 +324,12 @@ class VariantDiffRecord(TypedDict):
     vectors: dict[str, dict[str, str]]
 
 
+class SummaryRecord(TypedDict):
+    schema_version: NotRequired[int]
+    experiment: str
+    traits: list[dict[str, Any]]  # traitflow.view.data.experiment_rows: one row per trait
+
+
 # --------------------------------------------------------------------------- the artifacts
 class Responses(JsonArtifact[ResponsesRecord]):
     """Greedy replies to a trait's scenarios, with exact token ids. Partition: trait × extraction variant."""
@@ -395,6 +403,11 @@ class Steering(JsonArtifact[SteeringSummary]):
     @classmethod
     def results_log(cls, store: ArtifactStore, experiment: str, trait: str, variant: str) -> Path:
         return cls.folder(store, experiment, trait, variant) / cls.RESULTS_LOG
+
+    @staticmethod
+    def run_name(layer: int | None, multiplier: float | None) -> str:
+        """A run's name: its answers are `responses/<name>.json` (``baseline``, or ``L2_m0.8000``)."""
+        return "baseline" if layer is None else f"L{layer}_m{multiplier:.4f}"
 
 
 class CmaEs(JsonArtifact[CmaEsRecord]):
@@ -559,10 +572,18 @@ class VariantDiff(JsonArtifact[VariantDiffRecord]):
     schema = VariantDiffRecord
 
 
+class Summary(JsonArtifact[SummaryRecord]):
+    """Every trait's best vector, held-out score and steering result in one table (the rows of
+    :func:`traitflow.view.data.experiment_rows`). One per experiment: `<storage>/<experiment>/summary/summary.json`."""
+
+    asset = "summary"
+    schema = SummaryRecord
+
+
 # Asset name -> its artifact class, for every row of the asset table.
 ARTIFACTS: dict[str, type[Artifact]] = {cls.asset: cls for cls in (
     Responses, Vetting, Activations, Vectors, ExtractionEval, LogitLens, Steering, CmaEs, BestVector, Calibration,
-    InferenceResponses, ReplayedResponses, InferenceActivations, Projections, VariantDiff)}
+    InferenceResponses, ReplayedResponses, InferenceActivations, Projections, VariantDiff, Summary)}
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@ opened without Dagster.
 import base64
 import functools
 import json
+import math
 import os
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from html import escape as html_escape
 from pathlib import Path
@@ -46,16 +49,49 @@ class RenderedChart:
 
 
 def render(chart, name: str) -> RenderedChart:
-    """PNG (shrunk until it fits MAX_PNG_BYTES) and standalone HTML of an Altair chart."""
+    """PNG and standalone HTML of an Altair chart. The PNG is deflated again (lossless, see
+    :func:`recompress_png`); only a chart still over MAX_PNG_BYTES is drawn smaller, a last resort:
+    charts that grow with the model (layers) lay themselves out to fit at full size instead."""
     import vl_convert as vlc
 
     spec = chart.to_dict()
     scale = 1.0
-    png = vlc.vegalite_to_png(json.dumps(spec), scale=scale)
+    png = recompress_png(vlc.vegalite_to_png(json.dumps(spec), scale=scale))
     while len(png) > MAX_PNG_BYTES and scale > 0.3:
         scale *= 0.75
-        png = vlc.vegalite_to_png(json.dumps(spec), scale=scale)
+        png = recompress_png(vlc.vegalite_to_png(json.dumps(spec), scale=scale))
     return RenderedChart(name=name, png=png, html=standalone_html(spec, name), spec=spec)
+
+
+def _png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, offset = [], 8
+    while offset < len(png):
+        (length,) = struct.unpack(">I", png[offset:offset + 4])
+        chunks.append((png[offset + 4:offset + 8], png[offset + 8:offset + 8 + length]))
+        offset += 12 + length
+    return chunks
+
+
+def recompress_png(png: bytes) -> bytes:
+    """The same PNG, its pixel data deflated at zlib's best level. vl-convert favours speed: its
+    PNGs of flat-coloured charts (heatmap cells) shrink 5-7x this way, pixel for pixel the same, so
+    charts stay full size under MAX_PNG_BYTES. Anything unexpected: `png` unchanged."""
+    try:
+        chunks = _png_chunks(png)
+        idat = b"".join(data for kind, data in chunks if kind == b"IDAT")
+        packed = zlib.compress(zlib.decompress(idat), 9)
+    except (struct.error, zlib.error):
+        return png
+    if not idat or len(packed) >= len(idat):
+        return png
+    out, written = [png[:8]], False
+    for kind, data in chunks:
+        if kind == b"IDAT":
+            if written:
+                continue
+            kind, data, written = b"IDAT", packed, True
+        out.append(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+    return b"".join(out)
 
 
 BUNDLE_FORMAT = 1  # raise when what is cached changes (e.g. its escaping): old files are then ignored
@@ -103,44 +139,95 @@ def _label(value: float | None) -> str:
     return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
-def _heatmap(rows: list[dict], value: str, domain: list[float] | None, scheme: str):
+# How the extraction heatmap stays legible on deep models: up to LABELLED_LAYERS layers, each
+# cell is wide enough to print its value; beyond, cells are narrower and unlabelled (the colour
+# and the tooltip carry the value), and the layers are split into rows of at most LAYERS_PER_ROW,
+# so an 80-layer model is two rows of 40 cells of CELL_PX each, not one strip scaled down until
+# its PNG fits MAX_PNG_BYTES (a 32-layer model came out 600 px wide, cells unreadable).
+LABELLED_LAYERS = 16
+LAYERS_PER_ROW = 40
+LABELLED_CELL_PX = 24
+CELL_PX = 14
+METHOD_ROW_PX = 20
+UNDEFINED_FILL = "#e4e4e4"
+
+
+def layer_rows(layers: list[int]) -> list[list[int]]:
+    """`layers` split into rows of at most LAYERS_PER_ROW, as even as possible (50 -> 25 + 25)."""
+    n_rows = max(1, -(-len(layers) // LAYERS_PER_ROW))
+    size = -(-len(layers) // n_rows)
+    return [layers[i:i + size] for i in range(0, len(layers), size)]
+
+
+def _heatmap(rows: list[dict], value: str, domain: list[float] | None, scheme: str, title: str, labels: bool, legend: bool):
     import altair as alt
 
     labelled = [{**r, "label": _label(r[value])} for r in rows]
     base = alt.Chart(alt.Data(values=labelled)).encode(x=alt.X("layer:O", title="layer"), y=alt.Y("method:N", title=None))
+    scale = alt.Scale(domain=domain, scheme=scheme) if domain else alt.Scale(scheme=scheme)
     heat = base.mark_rect().encode(
-        color=alt.Color(f"{value}:Q", scale=alt.Scale(domain=domain, scheme=scheme) if domain else alt.Scale(scheme=scheme),
-                        title=value.replace("_", " ")),
+        color=alt.Color(f"{value}:Q", scale=scale, title=value.replace("_", " "), legend=alt.Legend() if legend else None),
         tooltip=["position:N", "method:N", "layer:O", "val_accuracy:Q", "auroc:Q", "cohens_d:Q", "combined:Q"],
     )
-    # An undefined cell (null) has no colour: its "n/a" is grey, not white on white.
-    text = base.mark_text(fontSize=9).encode(text="label:N",
-                                             color=alt.condition(f"datum.{value} === null", alt.value("gray"), alt.value("white")))
     n_layers = len({r["layer"] for r in rows})
     n_methods = len({r["method"] for r in rows})
-    return (heat + text).properties(width=max(120, 24 * n_layers), height=20 * n_methods,
-                                    title=f"{rows[0]['position']}: {value.replace('_', ' ')}")
+    size = {"width": max(120, (LABELLED_CELL_PX if labels else CELL_PX) * n_layers), "height": METHOD_ROW_PX * n_methods,
+            "title": title}
+    # An undefined cell (null) gets no colour from the scale: the light grey beneath shows it,
+    # so it is not mistaken for the palest value of a scale.
+    backdrop = base.mark_rect(color=UNDEFINED_FILL)
+    if not labels:
+        return (backdrop + heat).properties(**size)
+    # ... and its label "n/a" is grey, not white.
+    text = base.mark_text(fontSize=9).encode(text="label:N",
+                                             color=alt.condition(f"datum.{value} === null", alt.value("gray"), alt.value("white")))
+    return (backdrop + heat + text).properties(**size)
+
+
+def _domain(rows: list[dict], value: str) -> list[float] | None:
+    """The colour domain of a metric over all of a position's rows, so every row of layers shares
+    one scale (None: nothing defined, Vega's default)."""
+    values = [r[value] for r in rows if isinstance(r.get(value), (int, float)) and math.isfinite(r[value])]
+    return [min(values), max(values)] if values and min(values) < max(values) else None
 
 
 def eval_heatmap(scores: list[dict], trait: str) -> RenderedChart:
-    """Layer × method heatmaps of held-out accuracy and Cohen's d, one row per position.
+    """Layer × method heatmaps of held-out accuracy and Cohen's d, one row per position (and per
+    LAYERS_PER_ROW layers on deep models).
 
     Accuracy saturates on easy traits; Cohen's d still shows where the separation is largest.
     """
     import altair as alt
 
-    rows = []
+    cells = []  # accuracy, Cohen's d; accuracy, Cohen's d; … laid out two to a row
     for position in dict.fromkeys(s["position"] for s in scores):
         subset = [s for s in scores if s["position"] == position]
-        rows.append(alt.hconcat(_heatmap(subset, "val_accuracy", [0, 1], "viridis"),
-                                _heatmap(subset, "cohens_d", None, "magma")).resolve_scale(color="independent"))
-    chart = alt.vconcat(*rows).properties(title=f"{trait}: held-out evaluation per method x layer")
+        layers = sorted({s["layer"] for s in subset})
+        labels = len(layers) <= LABELLED_LAYERS
+        d_domain = _domain(subset, "cohens_d")
+        chunks = layer_rows(layers)
+        for index, chunk in enumerate(chunks):
+            part = [s for s in subset if s["layer"] in set(chunk)]
+            span = "" if len(chunks) == 1 else f", layers {chunk[0]}-{chunk[-1]}"
+            # One legend per position: the rows of layers share its colour domains.
+            cells += [_heatmap(part, "val_accuracy", [0, 1], "viridis", f"{position}: val accuracy{span}", labels, legend=index == 0),
+                      _heatmap(part, "cohens_d", d_domain, "magma", f"{position}: cohens d{span}", labels, legend=index == 0)]
+    # A grid (not rows of pairs): every Cohen's d heatmap starts at the same x, legend or not.
+    chart = alt.concat(*cells, columns=2).resolve_scale(color="independent").properties(
+        title=f"{trait}: held-out evaluation per method x layer")
     return render(chart, "eval_heatmap")
+
+
+STEERING_LEGEND_LAYERS = 10  # more steered layers than this: lines coloured on a gradient, not one legend entry each
 
 
 def steering_chart(log_entries: list[dict], trait: str, min_coherence: float = 77.0, direction: int = 1) -> RenderedChart:
     """Trait and coherence against the coefficient multiplier, one line per layer, plus the best
-    valid delta per layer; the baseline as a rule."""
+    valid delta per layer; the baseline as a rule.
+
+    Steering many layers (a deep model) keeps every bar CELL_PX wide at least: the bars then get a
+    row of their own, and the lines a colour gradient over the layer number instead of a legend
+    entry per layer."""
     import altair as alt
 
     baseline = next((e["result"] for e in log_entries if e.get("type") == "baseline"), {})
@@ -151,12 +238,16 @@ def steering_chart(log_entries: list[dict], trait: str, min_coherence: float = 7
         v, r = entry["config"]["vectors"][0], entry["result"]
         for metric in ("trait_mean", "coherence_mean"):
             if r.get(metric) is not None:
-                rows.append({"layer": f"L{v['layer']}", "multiplier": v["multiplier"], "metric": metric.replace("_mean", ""),
-                             "value": r[metric]})
-    lines = alt.Chart(alt.Data(values=rows)).mark_line(point=True).encode(
+                rows.append({"layer": f"L{v['layer']}", "layer_number": v["layer"], "multiplier": v["multiplier"],
+                             "metric": metric.replace("_mean", ""), "value": r[metric]})
+    n_layers = len({r["layer"] for r in rows})
+    many = n_layers > STEERING_LEGEND_LAYERS
+    colour = (alt.Color("layer_number:Q", title="layer", scale=alt.Scale(scheme="viridis")) if many
+              else alt.Color("layer:N", sort=alt.EncodingSortField("layer_number")))
+    lines = alt.Chart(alt.Data(values=rows)).mark_line(point=not many).encode(
         x=alt.X("multiplier:Q", title="coefficient / layer norm"),
         y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 100])),
-        color=alt.Color("layer:N"),
+        color=colour, detail="layer:N",
         tooltip=["layer:N", "multiplier:Q", "value:Q"],
     ).properties(width=220, height=160)
     panels = []
@@ -178,12 +269,16 @@ def steering_chart(log_entries: list[dict], trait: str, min_coherence: float = 7
         delta = direction * (r["trait_mean"] - base_trait)
         key = f"L{v['layer']}"
         if key not in best or delta > best[key]["delta"]:
-            best[key] = {"layer": key, "delta": delta, "multiplier": v["multiplier"]}
-    bars = alt.Chart(alt.Data(values=list(best.values()) or [{"layer": "none", "delta": 0, "multiplier": 0}])).mark_bar().encode(
-        x=alt.X("layer:N", title="layer"), y=alt.Y("delta:Q", title="best valid trait delta"),
+            best[key] = {"layer": key, "layer_number": v["layer"], "delta": delta, "multiplier": v["multiplier"]}
+    bars = alt.Chart(alt.Data(values=list(best.values()) or [{"layer": "none", "layer_number": 0, "delta": 0, "multiplier": 0}])
+                     ).mark_bar().encode(
+        # by layer number: L10 after L9, not after L1
+        x=alt.X("layer:N", title="layer", sort=alt.EncodingSortField("layer_number")),
+        y=alt.Y("delta:Q", title="best valid trait delta"),
         tooltip=["layer:N", "delta:Q", "multiplier:Q"],
-    ).properties(width=120, height=160, title=f"best delta (coherence >= {min_coherence:g})")
-    chart = alt.hconcat(*panels, bars).properties(title=f"{trait}: steering search (dashed: unsteered)")
+    ).properties(width=max(120, CELL_PX * n_layers), height=160, title=f"best delta (coherence >= {min_coherence:g})")
+    title = f"{trait}: steering search (dashed: unsteered)"
+    chart = (alt.vconcat(alt.hconcat(*panels), bars) if many else alt.hconcat(*panels, bars)).properties(title=title)
     return render(chart, "steering_search")
 
 

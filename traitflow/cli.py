@@ -1,4 +1,4 @@
-"""`traitflow` command: validate, schema, run, report, export, monitor, sync, serve.
+"""`traitflow` command: validate, schema, run, report, export, monitor, sync, serve, view.
 
 User mistakes print one line each (no traceback) and exit 2.
 """
@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p = with_root(sub.add_parser("report", help="best vectors and what is materialized"))
     p.add_argument("experiment")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--html", type=Path, default=None, metavar="OUT",
+                   help="write every view but Live chat to one self-contained HTML file (or OUT/<experiment>-report.html)")
     p.add_argument("--storage", default=None, help="override the experiment's storage.uri")
     p.set_defaults(handler=cmd_report)
 
@@ -128,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
     p.add_argument("--max-queue", type=int, default=8, help="model tasks that may wait their turn; one more is refused (busy)")
     p.set_defaults(handler=cmd_serve)
+
+    p = with_root(sub.add_parser("view", help="research views in the browser: text, tokens, charts; Live chat via serve"))
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default 8766; 0 picks a free one)")
+    p.add_argument("--storage", default=None, help="override every experiment's storage.uri")
+    p.set_defaults(handler=cmd_view)
     return parser
 
 
@@ -198,7 +205,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from traitflow.report import build_report, format_report
 
     project = load_for(args)
-    report = build_report(project, args.experiment, storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"))
+    storage = args.storage or os.environ.get("TRAITFLOW_STORAGE")
+    if args.html is not None:
+        from traitflow.stages.context import ReadContext
+        from traitflow.view.report import write_html_report
+
+        path = write_html_report(ReadContext.create(project, args.experiment, storage_uri=storage), args.html)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; opens offline in a browser)")
+        return 0
+    report = build_report(project, args.experiment, storage_uri=storage)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -263,6 +278,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise TraitflowError(f"--port must be between 0 and 65535, got {port}")
     os.environ["TRAITFLOW_QUIET_LOADING"] = "1"
     serve(args.root, names, port, max_queue=args.max_queue, log=lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from traitflow.view.app import view
+    from traitflow.view.urls import DEFAULT_PORT
+
+    port = DEFAULT_PORT if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise TraitflowError(f"--port must be between 0 and 65535, got {port}")
+    view(args.root, port, storage_uri=args.storage or os.environ.get("TRAITFLOW_STORAGE"),
+         log=lambda line: print(line, flush=True))
     return 0
 
 

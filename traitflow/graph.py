@@ -29,6 +29,7 @@ __all__ = ["ASSETS", "BLOCKING_CHECKS", "EXTRACTION_ASSETS", "STAGES", "AssetRow
 #   prompt_generating prompt set × inference variant with responses of its own (generated or imported)
 #   prompt_replay    prompt set × inference variant that replays another's tokens (`inference.replay`)
 #   comparison       one per comparison
+#   experiment       one per experiment (unpartitioned): reads every partition of its upstream assets
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,18 @@ ASSETS: tuple[AssetRow, ...] = (
              ("inference.layers", "inference.position", "inference.method", "inference.score", "inference.centre",
               "inference.clean_massive_dims", "inference.response_only", "inference.vectors_from", "extraction.position"),
              "projections.json",
-             ("pytorch", "json"), "Per-token projections (h·v̂ and ‖h‖) of every response onto every trait's vector.",
+             ("pytorch", "json", "altair"), "Per-token projections (h·v̂ and ‖h‖) of every response onto every trait's vector.",
              settings=("inference.batch_size",), gpu=True, vector_stage="inference"),
     AssetRow("variant_diff", "comparison", "comparison", ("inference_responses", "replayed_responses", "vectors", "extraction_eval"),
              ("comparisons", "steering.position", "inference.vectors_from", "extraction.position"), "variant_diff.json",
-             ("pytorch", "json"),
+             ("pytorch", "json", "altair"),
              "A's responses replayed through A and B: Cohen's d, cosine and per-token/clause deltas per trait x layer.",
              settings=("inference.batch_size",), gpu=True, reads_model=True, vector_stage="inference"),
+    # Last, in a stage of its own: `traitflow run` builds it after everything it summarises. It
+    # reads extraction.position for a trait not steered yet (the extraction's best at the first one).
+    AssetRow("summary", "summary", "experiment", ("best_vector", "extraction_eval", "variant_diff"), ("extraction.position",),
+             "summary.json", ("json",),
+             "One row per trait: its best vector, held-out accuracy, steering delta and coherence (the viewer's experiment page)."),
 )
 
 _BY_NAME = {r.name: r for r in ASSETS}

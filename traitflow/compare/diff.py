@@ -132,8 +132,10 @@ def compare_variants(model_a: Any, model_b: Any, responses: dict, probes: list[P
             row["delta"] = statistics.fmean(shifts)
             reason = "fewer than 2 prompts" if len(shifts) < 2 else "no variation across prompts here or at the peak layer"
             row.update(_metric("correlation_with_peak", _correlation(shifts, peak_shifts), reason))
+        # `prompts`: every prompt's token deltas at the peak layer (the viewer's A/B texts); `top_prompts`
+        # the five that moved most, as before.
         traits[probe.trait] = {"peak": peak, "layers": per_layer, "top_clauses": clauses,
-                               "top_prompts": prompts[:5]}
+                               "top_prompts": prompts[:5], "prompts": prompts}
     return {"a": model_a.spec.name, "b": model_b.spec.name, "prompt_set": responses["prompt_set"], "n_prompts": len(items),
             "sign": "B - A", "top_pct": top_pct, "traits": traits}
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from traitflow.errors import TraitflowError
 
-__all__ = ["format_prompt", "prompt_ids", "template_kwargs"]
+__all__ = ["conversation_ids", "format_prompt", "prompt_ids", "template_kwargs"]
 
 # apply_chat_template arguments this module sets itself; a spec may not override them.
 _RESERVED = frozenset({"conversation", "tokenize", "add_generation_prompt"})
@@ -72,3 +72,23 @@ def prompt_ids(loaded: Any, prompt: str, system_prompt: str | None = None) -> li
     # A rendered template already contains its special tokens (BOS etc.).
     encoded = loaded.tokenizer(text, add_special_tokens=not templated)
     return [int(i) for i in encoded["input_ids"]]
+
+
+def conversation_ids(loaded: Any, messages: list[dict[str, str]], system_prompt: str | None = None) -> list[int]:
+    """Token ids of a multi-turn conversation (``[{"role": "user"|"assistant", "content"}, …]``,
+    ending with the user's turn) as the model sees it before its next reply. One user message is
+    exactly :func:`prompt_ids`; earlier turns go through the chat template, or, for a model without
+    one, are joined as plain text (each turn on its own paragraph, after the system prompt)."""
+    turns = [m for m in messages if m.get("role") in ("user", "assistant")]
+    if not turns or turns[-1]["role"] != "user" or len(turns) != len(messages):
+        raise TraitflowError("a conversation is user and assistant turns that end with the user's")
+    if len(turns) == 1:
+        return prompt_ids(loaded, turns[0]["content"], system_prompt)
+    if not loaded.uses_chat_template:
+        text = _fold("\n\n".join(t["content"] for t in turns), system_prompt)
+        return [int(i) for i in loaded.tokenizer(text)["input_ids"]]
+    extra = template_kwargs(loaded.spec)
+    first = _fold(turns[0]["content"], system_prompt)  # systems are folded, as a template may reject the role
+    chat = [{"role": "user", "content": first}, *({"role": t["role"], "content": t["content"]} for t in turns[1:])]
+    text = loaded.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **extra)
+    return [int(i) for i in loaded.tokenizer(text, add_special_tokens=False)["input_ids"]]

@@ -142,7 +142,7 @@ class ModelServer:
 
         import torch
 
-        from traitflow.model.chat import prompt_ids
+        from traitflow.model.chat import conversation_ids, prompt_ids
         from traitflow.monitor.live import _monitors, _steers, generate_live
         from traitflow.stages.context import ReadContext
 
@@ -157,7 +157,14 @@ class ModelServer:
         loaded = self._loader(ctx.experiment, hold_model)(str(request.get("variant")))
         emit({"monitors": [{"trait": m.trait, "layer": m.layer, "position": m.position, "method": m.method,
                             "midpoint": m.midpoint} for m in monitors], "steering": notes})
-        ids = prompt_ids(loaded, str(request.get("prompt", "")), request.get("system"))
+        messages = request.get("messages")
+        if messages is not None:  # a multi-turn chat (the viewer's Live chat); one user turn is `prompt`
+            if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                                                         for m in messages):
+                raise TraitflowError("messages must be a list of {role, content} objects")
+            ids = conversation_ids(loaded, messages, request.get("system"))
+        else:
+            ids = prompt_ids(loaded, str(request.get("prompt", "")), request.get("system"))
         result = generate_live(loaded, ids, torch.stack([m.vector.float() for m in monitors]), [m.layer for m in monitors],
                                int(request.get("max_new_tokens", 64)), steer=tuple(config),
                                on_token=lambda i, piece, scores: emit({"token": piece, "scores": scores}),

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from traitflow.stages.context import Check, Markdown, StageOutput
+from traitflow.stages.context import StageOutput
 
 DISCOVERY_FILE = Path(".traitflow") / "server.json"  # under the project root
 NO_SERVER_ENV = "TRAITFLOW_NO_SERVER"
@@ -28,13 +28,8 @@ def spec_digest(exp: Any) -> str:
 
 
 def output_to_json(output: StageOutput) -> dict[str, Any]:
-    return {"path": str(output.path), "numbers": output.numbers, "files": {k: str(v) for k, v in output.files.items()},
-            "chart": output.chart.text if output.chart is not None else None,
-            "checks": {name: {"passed": c.passed, "detail": c.detail} for name, c in output.checks.items()}}
+    return output.to_json()
 
 
 def output_from_json(data: dict[str, Any]) -> StageOutput:
-    return StageOutput(path=Path(data["path"]), numbers=dict(data["numbers"]),
-                       files={k: Path(v) for k, v in data["files"].items()},
-                       chart=Markdown(data["chart"]) if data["chart"] is not None else None,
-                       checks={name: Check(bool(c["passed"]), str(c["detail"])) for name, c in data["checks"].items()})
+    return StageOutput.from_json(data)

@@ -5,7 +5,7 @@ from typing import Any
 from traitflow.artifacts import VariantDiff, responses_artifact
 from traitflow.errors import TraitflowError
 from traitflow.specs.loader import Experiment
-from traitflow.stages.context import Markdown, StageContext, StageOutput
+from traitflow.stages.context import Markdown, StageContext, StageOutput, markdown_table
 from traitflow.stages.which_vector import comparison_vector, has_vectors, load_vectors, vectors_context
 
 __all__ = ["comparison_key", "comparison_keys", "run_variant_diff"]
@@ -50,4 +50,15 @@ def run_variant_diff(ctx: StageContext, comparison: str) -> StageOutput:
     numbers: dict[str, Any] = {"n_prompts": record["n_prompts"]}
     for trait, info in record["traits"].items():
         numbers[f"{trait} peak d (L{info['peak']['layer']})"] = info["peak"]["cohens_d"]
-    return StageOutput(path, numbers, files={"chart_html": files["html"]}, chart=Markdown(chart.markdown(comparison)))
+    return StageOutput(path, numbers, files={"chart_html": files["html"]}, chart=Markdown(chart.markdown(comparison)),
+                       samples=clause_samples(record))
+
+
+def clause_samples(record: dict, n: int = 5) -> Markdown:
+    """The `n` clauses of A's replies that B moves most along any trait (|B − A| at the trait's
+    peak layer), with the trait and the prompt they come from."""
+    clauses = [{"trait": trait, **c} for trait, info in record["traits"].items() for c in info["top_clauses"]]
+    clauses.sort(key=lambda c: -abs(c["delta"]))
+    return markdown_table(f"clauses {record['b']} moves most on {record['a']}'s tokens (delta B − A)",
+                          ["trait", "prompt", "clause", "delta"],
+                          [[c["trait"], c["id"], c["clause"], c["delta"]] for c in clauses[:n]])

@@ -6,7 +6,7 @@ from typing import Any
 
 from traitflow.artifacts import Activations, ExtractionEval, LogitLens, Responses, Vectors, Vetting
 from traitflow.errors import TraitflowError
-from traitflow.stages.context import Check, Markdown, ReadContext, StageContext, StageOutput
+from traitflow.stages.context import Check, Markdown, ReadContext, StageContext, StageOutput, Table, markdown_table
 from traitflow.stages.which_vector import load_vectors
 
 __all__ = ["StageContext", "judge_cache_path", "judge_for", "run_activations", "run_extraction_eval", "run_logit_lens",
@@ -51,12 +51,23 @@ def run_vetting(ctx: StageContext, trait: str, variant: str) -> StageOutput:
     summary = record["summary"]
     ok = summary["passed_positive"] >= spec.min_per_side and summary["passed_negative"] >= spec.min_per_side
     return StageOutput(
-        path, {k: v for k, v in summary.items() if v is not None},
+        path, {k: v for k, v in summary.items() if v is not None}, samples=vetting_samples(responses, record),
         checks={"min_per_side": Check(
             ok or not spec.enabled,
             f"{trait}: {summary['passed_positive']} positive and {summary['passed_negative']} negative replies passed "
             f"(need {spec.min_per_side} each; {summary['none']} unscored)")},
     )
+
+
+def vetting_samples(responses: dict, vetting: dict, n: int = 2) -> Markdown:
+    """The first `n` replies that passed vetting and the first `n` that failed, with their judge
+    scores: enough to see at a glance whether the judge reads the pole the way a person would."""
+    texts = {(it["side"], it["index"]): it for it in responses["items"]}
+    passed = [v for v in vetting["items"] if v["passed"]][:n]
+    failed = [v for v in vetting["items"] if not v["passed"]][:n]
+    rows = [["passed" if v["passed"] else "failed", v["side"], v.get("score"), texts.get((v["side"], v["index"]), {}).get("prompt"),
+             texts.get((v["side"], v["index"]), {}).get("response")] for v in passed + failed]
+    return markdown_table(f"{len(passed)} passed and {len(failed)} failed replies", ["vetting", "side", "score", "prompt", "reply"], rows)
 
 
 def vetting_passed(ctx: ReadContext, trait: str, variant: str) -> bool:
@@ -105,6 +116,11 @@ def run_vectors(ctx: StageContext, trait: str, variant: str) -> StageOutput:
                               "n_train": vectors.metadata["n_train"], "n_val": vectors.metadata["n_val"]})
 
 
+# extraction_eval's `scores` table in Dagster: every method × layer row the evaluation has, all positions.
+SCORE_COLUMNS = {"position": "string", "component": "string", "method": "string", "layer": "int", "val_accuracy": "float",
+                 "auroc": "float", "cohens_d": "float"}
+
+
 def run_extraction_eval(ctx: StageContext, trait: str, variant: str) -> StageOutput:
     from traitflow.charts import eval_heatmap
     from traitflow.extract.vectors import best_per_position, evaluate_vectors
@@ -132,6 +148,7 @@ def run_extraction_eval(ctx: StageContext, trait: str, variant: str) -> StageOut
          "best_cohens_d": first.cohens_d},
         files={"chart_html": files["html"]},
         chart=Markdown(chart.markdown(f"{trait} ({variant})")),
+        tables={"scores": Table(SCORE_COLUMNS, [{k: row[k] for k in SCORE_COLUMNS} for row in record["scores"]])},
         checks={
             "polarity": Check(all(s.polarity == 1 for s in best.values()),
                               f"{trait}: best vectors' held-out polarity " + ", ".join(f"{p} {s.polarity:+d}" for p, s in best.items())),

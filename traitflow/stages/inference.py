@@ -15,7 +15,7 @@ from traitflow.artifacts import (
     responses_artifact,
 )
 from traitflow.errors import TraitflowError
-from traitflow.stages.context import Markdown, ReadContext, StageContext, StageOutput
+from traitflow.stages.context import Markdown, ReadContext, StageContext, StageOutput, markdown_table
 from traitflow.stages.which_vector import CMA_ES, has_vectors, monitored_vector, vectors_context, vectors_for_method
 
 __all__ = ["inference_layers", "read_calibration", "responses_hash", "run_calibration", "run_inference_activations",
@@ -37,7 +37,9 @@ def run_inference_responses(ctx: StageContext, prompt_set: str, variant: str) ->
         record = generate_inference_responses(loaded, prompts, spec.max_new_tokens, spec.batch_size, sample=spec.sample)
     record["input_hashes"] = {"prompt_set": prompts.content_hash()}
     path = ctx.artifacts.write(InferenceResponses, record, prompt_set, variant)
-    return StageOutput(path, {"n_prompts": len(record["items"]), "mode": record["mode"]})
+    return StageOutput(path, {"n_prompts": len(record["items"]), "mode": record["mode"]},
+                       samples=markdown_table(f"{variant}'s first replies ({record['mode']})", ["id", "prompt", "reply"],
+                                              [[it["id"], it.get("prompt"), it.get("response")] for it in record["items"][:3]]))
 
 
 def run_replayed_responses(ctx: StageContext, prompt_set: str, variant: str) -> StageOutput:

@@ -4,7 +4,7 @@ from typing import Any
 
 from traitflow.artifacts import BestVector, CmaEs, ExtractionEval, Steering
 from traitflow.errors import TraitflowError
-from traitflow.stages.context import Check, Markdown, StageContext, StageOutput
+from traitflow.stages.context import Check, Markdown, StageContext, StageOutput, Table, markdown_table
 from traitflow.stages.extraction import judge_for
 from traitflow.stages.which_vector import load_vectors, require_extraction, steering_variants, vectors_context
 
@@ -86,12 +86,60 @@ def run_steering_stage(ctx: StageContext, trait: str, variant: str) -> StageOutp
     best = summary["best"] or {}
     return StageOutput(
         ctx.artifacts.path(Steering, trait, variant),
+        # n_runs, not runs: `runs` is the table of them
         {"baseline_trait": summary["baseline"]["trait_mean"], "baseline_coherence": summary["baseline"]["coherence_mean"],
          "best_delta": best.get("delta"), "best_layer": best.get("layer"), "best_coefficient": best.get("coefficient"),
-         "best_coherence": best.get("coherence_mean"), "runs": summary["runs"]},
+         "best_coherence": best.get("coherence_mean"), "n_runs": summary["runs"]},
         files={"results_log": Steering.results_log(ctx.store, ctx.experiment.name, trait, variant), "chart_html": files["html"]},
         chart=Markdown(chart.markdown(f"{trait} steered on {variant}")),
+        tables={"runs": runs_table(entries, search.min_coherence)},
+        samples=steering_samples(ResultsLog(folder, ctx.store), summary),
     )
+
+
+RUN_COLUMNS = {"layer": "int", "multiplier": "float", "coefficient": "float", "trait_mean": "float", "coherence_mean": "float",
+               "valid": "bool"}
+
+
+def runs_table(entries: list[dict], min_coherence: float) -> Table:
+    """steering's `runs` table: every run of the search (the log's run lines the stage charted),
+    valid when its coherence reaches `min_coherence` (the rule best_vector applies)."""
+    rows = []
+    for entry in entries:
+        if entry.get("type") is not None or "config" not in entry:
+            continue  # the header and the baseline
+        vector, result = entry["config"]["vectors"][0], entry["result"]
+        coherence = result.get("coherence_mean")
+        rows.append({"layer": vector["layer"], "multiplier": vector["multiplier"], "coefficient": vector.get("weight"),
+                     "trait_mean": result.get("trait_mean"), "coherence_mean": coherence,
+                     "valid": coherence is not None and coherence >= min_coherence})
+    return Table(RUN_COLUMNS, rows)
+
+
+def steering_samples(log: Any, summary: dict, n: int = 3) -> Markdown:
+    """The best run's answers beside the unsteered ones to the first `n` questions, each with its
+    trait and coherence scores: what the numbers mean in words."""
+    best = summary.get("best")
+    baseline = log.read_responses("baseline") or []
+    steered = (log.read_responses(Steering.run_name(best["layer"], best["multiplier"])) or []) if best else []
+    by_question = {a["question"]: a for a in steered}
+
+    def scores(answer: dict | None) -> str:
+        if answer is None:
+            return ""
+        return f"trait {_score(answer.get('trait'))}, coherence {_score(answer.get('coherence'))}"
+
+    rows = [[a["question"], a["answer"], scores(a), by_question.get(a["question"], {}).get("answer"),
+             scores(by_question.get(a["question"]))] for a in baseline[:n]]
+    if best is None:
+        title = "unsteered answers (no run kept coherence)"
+    else:
+        title = f"unsteered vs best run (layer {best['layer']}, coefficient {best['coefficient']:.4g})"
+    return markdown_table(title, ["question", "unsteered", "scores", "best run", "scores"], rows)
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
 
 
 def run_cma_es(ctx: StageContext, trait: str, variant: str) -> StageOutput:

@@ -58,8 +58,7 @@ class SteeringSetup:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_name(layer: int | None, multiplier: float | None) -> str:
-    return "baseline" if layer is None else f"L{layer}_m{multiplier:.4f}"
+config_name = Steering.run_name  # a run's name, the file of its answers
 
 
 def run_key(entry: dict) -> tuple[int, float]:
