@@ -12,6 +12,7 @@ import dagster as dg
 from dagster._core.definitions.asset_checks.asset_checks_definition import AssetChecksDefinition
 
 from assets.automation import automation_sensor
+from assets.capability import build_benchmark_asset
 from assets.common import VectorAssets
 from assets.extraction import build_extraction_assets
 from assets.inference import build_inference_assets
@@ -49,6 +50,7 @@ def build_experiment(project: Project, exp: Experiment) -> tuple[list, list, lis
         sources.append(prompts)
     # The summary reads every trait's best vector and extraction scores (the steering source's,
     # when this experiment extracts nothing), and the comparisons, when they are built.
+    assets += build_benchmark_asset(project, exp, dg.AssetKey([exp.name, "best_vector"]), models)
     built = {key for a in assets if isinstance(a, dg.AssetsDefinition) for key in a.keys}
     extraction_eval = dg.AssetKey([exp.name if exp.extracts else exp.vector_source("steering").name, "extraction_eval"])
     summarised = [dg.AssetKey([exp.name, "best_vector"]), extraction_eval]

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-MODULES = ["bench.bench_defs", "bench.bench_incremental", "bench.bench_server", "bench.bench_capture", "bench.bench_extraction", "bench.bench_steering", "bench.bench_monitor", "bench.bench_view"]
+MODULES = ["bench.bench_defs", "bench.bench_incremental", "bench.bench_server", "bench.bench_capture", "bench.bench_extraction", "bench.bench_steering", "bench.bench_monitor", "bench.bench_capability", "bench.bench_view"]
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 

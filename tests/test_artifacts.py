@@ -84,6 +84,7 @@ def cma_monitored(toy_demo, tmp_path_factory):
                     ignore=shutil.ignore_patterns("projections"))
     spec = root / "specs/experiments/demo.yaml"
     text = spec.read_text().replace("traits: [toy/*]", "traits: [toy/optimism]")
+    text = text[:text.index("benchmarks:")] + text[text.index("storage:"):]  # they name the traits left out
     spec.write_text(text.replace('  position: "response[:5]"\n  layers: best,best+2',
                                  '  position: "prompt[-1]"\n  method: cma_es\n  layers: best,best+2'))
     assert "method: cma_es" in spec.read_text()

@@ -115,11 +115,14 @@ CHANGES: dict[str, typing.Any] = {
     "comparisons[].b": "chat",
     "comparisons[].prompt_set": "starter/second",
     "comparisons[].top_pct": 50,
-    "benchmarks[].name": "hellaswag",
+    "benchmarks[].name": "arc_easy",
     "benchmarks[].variants": ["chat"],
     "benchmarks[].limit": 10,
-    "benchmarks[].steer[].trait": "starter/optimism",
-    "benchmarks[].steer[].coef": -1.0,
+    "benchmarks[].source": "datasets/bench.jsonl",
+    "benchmarks[].conditions[].steer": "starter/formal",
+    "benchmarks[].conditions[].coef": -1.0,
+    "benchmarks[].conditions[].layer": 1,
+    "benchmarks[].chat_template": True,
     "storage.uri": "./elsewhere",
     "storage.endpoint_url": "http://127.0.0.1:9",
     "storage.region": "auto",
@@ -188,6 +191,7 @@ def base_root(tmp_path_factory, tiny_model_dir) -> Path:
     write_prompt_set(root / "datasets" / "inference" / "starter" / "second.json", n=4)
     (root / "datasets" / "imports").mkdir()
     (root / "datasets" / "imports" / "other.json").write_text(json.dumps([{"id": "1", "response": "Fine."}]))
+    (root / "datasets" / "bench.jsonl").write_text("")  # a local benchmark source (benchmarks[].source)
     (root / "specs" / "experiments").mkdir(parents=True)
     (root / "specs" / "models").mkdir()
     (root / "specs" / "models" / "named.yaml").write_text("model: models/llama\ndevice: cpu\n")
@@ -222,7 +226,8 @@ def apply_change(path: str, value) -> tuple[dict, dict, dict | None]:
         if part.endswith("[]"):
             key = part[:-2]
             if not target.get(key):
-                target[key] = [{"name": "hellaswag"} if key == "benchmarks" else {"trait": "starter/optimism", "coef": 1.0}]
+                target[key] = [{"name": "hellaswag"} if key == "benchmarks" else {"steer": "starter/optimism", "coef": 1.0}
+                               if key == "conditions" else {"trait": "starter/optimism", "coef": 1.0}]
             target = target[key][0]
         else:
             target = target.setdefault(part, {})

@@ -134,16 +134,18 @@ def test_trait_yaml_override_mistakes(tmp_path, text, line, field, needle):
                for e in errors), [e.format() for e in errors]
 
 
-# --------------------------------------------------------------------------- keys not built yet
-@pytest.mark.parametrize("extra, line, field", [
-    ("benchmarks: [{name: made-up}]\n", 4, "benchmarks"),
+# --------------------------------------------------------------------------- benchmarks
+@pytest.mark.parametrize("extra, line, field, needle", [
+    ("benchmarks: [{name: made-up}]\n", 4, "benchmarks[0].name", "expected 'hellaswag'"),
+    ("benchmarks: [{name: mmlu, conditions: [{ablate: starter/nope}]}]\n", 4, "benchmarks[0].conditions[0]",
+     "names trait 'starter/nope'"),
 ])
-def test_not_supported_yet_fails_validate(tmp_path, extra, line, field):
+def test_bad_benchmarks_fail_validate(tmp_path, extra, line, field, needle):
     root = make_root(tmp_path, {"good": GOOD + extra})
     with pytest.raises(SpecErrors) as info:
         load_project(root)
     assert [(e.line, e.field) for e in info.value.errors] == [(line, field)]
-    assert "not supported yet" in info.value.errors[0].message
+    assert needle in info.value.errors[0].message
 
 
 @pytest.mark.parametrize("extra, line, field, needle", [

@@ -148,7 +148,7 @@ def test_data_command_reproduces_committed_datasets(tmp_path, capsys):
 
     assert main(["data", "--out", str(tmp_path)]) == 0
     written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
-    assert len(written) == 16
+    assert len(written) == 18
     assert [Path(line) for line in capsys.readouterr().out.split()] == write_all(tmp_path)
     for path in written:
         committed = DATASETS / path.relative_to(tmp_path)

@@ -75,6 +75,7 @@ PAGES = [
     ("steering", {"trait": "toy/optimism", "variant": "chat"}, "table.responses tbody tr", 1),
     ("dynamics", {"prompt_set": "toy/general", "variant": "chat"}, ".tokens .tok", 10),
     ("comparison", {"a": "chat", "b": "pessimist", "prompt_set": "toy/general"}, "table.clauses tbody tr", 5),
+    ("benchmarks", {"benchmark": "arc_easy", "variant": "chat"}, "table.items tbody tr", 80),
     ("chat", {}, "#tf-main h1", 1),
 ]
 

@@ -18,6 +18,7 @@ Where is artifact X defined, who writes it, who reads it?
 | :class:`ReplayedResponses` | `replayed_responses` | `responses.json` | `stages.inference.run_replayed_responses` | projections, variant_diff |
 | :class:`InferenceActivations` | `inference_activations` | `activations.safetensors` | `stages.inference.run_inference_activations` | projections (without the model) |
 | :class:`Projections` | `projections` | `projections.json` | `stages.inference.run_projections` | report (existence), charts |
+| :class:`Benchmark` | `benchmark` | `benchmark.json` | `stages.capability.run_benchmark` | report, viewer |
 | :class:`VariantDiff` | `variant_diff` | `variant_diff.json` | `stages.comparison.run_variant_diff` | report |
 | :class:`Summary` | `summary` | `summary.json` | `stages.summary.run_summary` (rows: `view.data.experiment_rows`) | (people, tools) |
 
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from traitflow.monitor.projections import SavedActivations
 
 __all__ = [
-    "ARTIFACTS", "SCHEMA_VERSION", "Activations", "Artifact", "Artifacts", "BestVector", "Calibration", "CmaEs",
+    "ARTIFACTS", "SCHEMA_VERSION", "Activations", "Artifact", "Artifacts", "Benchmark", "BestVector", "Calibration", "CmaEs",
     "ExtractionEval", "InferenceActivations", "InferenceResponses", "JsonArtifact", "LogitLens", "Projections", "ReplayedResponses", "Responses",
     "Steering", "Summary", "responses_artifact",
     "VariantDiff", "Vectors", "Vetting", "check_schema_version",
@@ -86,6 +87,7 @@ PARTITION_RULES: dict[str, Callable[..., tuple[str, ...]]] = {
     "prompt_generating": lambda prompt_set, variant: (*_split(prompt_set), variant),
     "prompt_replay": lambda prompt_set, variant: (*_split(prompt_set), variant),
     "comparison": lambda comparison: _split(comparison),
+    "benchmark": lambda benchmark: _split(benchmark),  # `<name>/<variant>`
     "experiment": lambda: (),  # unpartitioned: `<storage>/<experiment>/<asset>/<file>`
 }
 
@@ -322,6 +324,17 @@ class VariantDiffRecord(TypedDict):
     top_pct: float
     traits: dict[str, dict[str, Any]]
     vectors: dict[str, dict[str, str]]
+
+
+class BenchmarkRecord(TypedDict):
+    schema_version: NotRequired[int]
+    benchmark: str
+    variant: str
+    source: str
+    chat_template: bool
+    n: int
+    conditions: dict[str, dict[str, Any]]  # name -> {accuracy, ci95, n, ce, kl, tokens, detail}
+    predictions: list[dict[str, Any]]  # per item: {id, label, pred: {condition: index}, logprobs: {condition: [...]}}
 
 
 class SummaryRecord(TypedDict):
@@ -572,6 +585,14 @@ class VariantDiff(JsonArtifact[VariantDiffRecord]):
     schema = VariantDiffRecord
 
 
+class Benchmark(JsonArtifact[BenchmarkRecord]):
+    """A capability benchmark of one variant under every condition of its spec (`benchmarks:`).
+    Partition: `<benchmark>/<variant>`."""
+
+    asset = "benchmark"
+    schema = BenchmarkRecord
+
+
 class Summary(JsonArtifact[SummaryRecord]):
     """Every trait's best vector, held-out score and steering result in one table (the rows of
     :func:`traitflow.view.data.experiment_rows`). One per experiment: `<storage>/<experiment>/summary/summary.json`."""
@@ -583,7 +604,7 @@ class Summary(JsonArtifact[SummaryRecord]):
 # Asset name -> its artifact class, for every row of the asset table.
 ARTIFACTS: dict[str, type[Artifact]] = {cls.asset: cls for cls in (
     Responses, Vetting, Activations, Vectors, ExtractionEval, LogitLens, Steering, CmaEs, BestVector, Calibration,
-    InferenceResponses, ReplayedResponses, InferenceActivations, Projections, VariantDiff, Summary)}
+    InferenceResponses, ReplayedResponses, InferenceActivations, Projections, VariantDiff, Benchmark, Summary)}
 
 
 @dataclass(frozen=True)

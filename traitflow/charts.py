@@ -335,3 +335,31 @@ def comparison_charts(record: dict) -> RenderedChart:
     ).properties(width=320, height=160, title=f"{moved}: per-token delta, largest shifts")
     chart = alt.hconcat(bars, lines).properties(title=f"{record['a']} → {record['b']} on {record['prompt_set']}")
     return render(chart, "variant_diff")
+
+
+def capability_chart(record: dict) -> RenderedChart:
+    """The capability tax of one benchmark × variant: accuracy with its 95 % interval per condition
+    (multiple choice), or next-token CE and KL from the unsteered model per condition (ce_loss)."""
+    import altair as alt
+
+    conditions = list(record["conditions"])
+    title = f"{record['benchmark']} on {record['variant']} (n = {record['n']})"
+    if record["benchmark"] == "ce_loss":
+        rows = [{"condition": c, "metric": metric, "value": row[metric]}
+                for c, row in record["conditions"].items() for metric in ("ce", "kl")]
+        chart = alt.Chart(alt.Data(values=rows)).mark_bar().encode(
+            x=alt.X("value:Q", title=None), y=alt.Y("condition:N", sort=conditions, title=None),
+            color=alt.Color("metric:N", legend=None), column=alt.Column("metric:N", title=None),
+            tooltip=["condition:N", "metric:N", alt.Tooltip("value:Q", format=".4f")],
+        ).properties(width=220, height=24 * len(conditions), title=title)
+        return render(chart, "capability")
+    rows = [{"condition": c, "accuracy": row["accuracy"], "low": (row["ci95"] or [None, None])[0],
+             "high": (row["ci95"] or [None, None])[1]} for c, row in record["conditions"].items()]
+    base = alt.Chart(alt.Data(values=rows)).encode(y=alt.Y("condition:N", sort=conditions, title=None))
+    points = base.mark_point(filled=True, size=80).encode(
+        x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy (95 % bootstrap interval)"),
+        tooltip=["condition:N", alt.Tooltip("accuracy:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
+                 alt.Tooltip("high:Q", format=".3f")])
+    bars = base.mark_rule(strokeWidth=2).encode(x="low:Q", x2="high:Q")
+    chart = (bars + points).properties(width=360, height=28 * len(conditions), title=title)
+    return render(chart, "capability")

@@ -29,6 +29,7 @@ __all__ = ["ASSETS", "BLOCKING_CHECKS", "EXTRACTION_ASSETS", "STAGES", "AssetRow
 #   prompt_generating prompt set × inference variant with responses of its own (generated or imported)
 #   prompt_replay    prompt set × inference variant that replays another's tokens (`inference.replay`)
 #   comparison       one per comparison
+#   benchmark        one per benchmark × its variants (`<name>/<variant>`)
 #   experiment       one per experiment (unpartitioned): reads every partition of its upstream assets
 
 
@@ -126,6 +127,10 @@ ASSETS: tuple[AssetRow, ...] = (
              settings=("inference.batch_size",), gpu=True, reads_model=True, vector_stage="inference"),
     # Last, in a stage of its own: `traitflow run` builds it after everything it summarises. It
     # reads extraction.position for a trait not steered yet (the extraction's best at the first one).
+    AssetRow("benchmark", "benchmark", "benchmark", ("best_vector",), ("benchmarks",), "benchmark.json",
+             ("pytorch", "json", "altair"),
+             "Capability under each condition (baseline, steered, ablated): accuracy ± bootstrap CI, or next-token CE and KL.",
+             settings=("inference.batch_size",), gpu=True, reads_model=True, vector_stage="steering", opt_in="benchmarks"),
     AssetRow("summary", "summary", "experiment", ("best_vector", "extraction_eval", "variant_diff"), ("extraction.position",),
              "summary.json", ("json",),
              "One row per trait: its best vector, held-out accuracy, steering delta and coherence (the viewer's experiment page)."),

@@ -4,6 +4,7 @@ from typing import Any
 
 from traitflow.artifacts import (
     Activations,
+    Benchmark,
     BestVector,
     ExtractionEval,
     LogitLens,
@@ -16,6 +17,7 @@ from traitflow.artifacts import (
     responses_artifact,
 )
 from traitflow.specs.loader import Project
+from traitflow.stages.capability import benchmark_keys
 from traitflow.stages.comparison import comparison_key
 from traitflow.stages.context import ReadContext
 from traitflow.stages.which_vector import steering_variants, vectors_context
@@ -74,8 +76,15 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
         comparisons[name] = {trait: {**{k: info["peak"][k] for k in ("layer", "cohens_d", "cohens_d_paired", "cosine")},
                                      **_reasons(info["peak"], ("cohens_d", "cohens_d_paired"))}
                              for trait, info in record["traits"].items()}
+    benchmarks: dict[str, dict[str, dict]] = {}
+    for key in benchmark_keys(exp):
+        record = arts.read_optional(Benchmark, key)
+        if record is not None:
+            benchmarks.setdefault(record["benchmark"], {})[record["variant"]] = {
+                condition: {k: row[k] for k in ("accuracy", "ci95", "n", "ce", "kl")}
+                for condition, row in record["conditions"].items()}
     return {"experiment": exp.name, "storage": ctx.store.uri, "traits": traits, "inference": inference,
-            "comparisons": comparisons}
+            "comparisons": comparisons, "benchmarks": benchmarks}
 
 
 def _reasons(row: dict, names: tuple[str, ...]) -> dict[str, str]:
@@ -129,6 +138,16 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  {trait:24} L{row['layer']:<3} d {_num(row['cohens_d'], '+6.2f')}  "
                          f"paired d {_num(row['cohens_d_paired'], '+6.2f')}  cosine {row['cosine']:+.2f}"
                          + (f"  (d: {row['cohens_d_reason']})" if row.get("cohens_d_reason") else ""))
+    for name, variants in report.get("benchmarks", {}).items():
+        for variant, conditions in variants.items():
+            lines.append("")
+            lines.append(f"benchmark {name} on {variant}")
+            for condition, row in conditions.items():
+                if row["accuracy"] is not None:
+                    low, high = row["ci95"]
+                    lines.append(f"  {condition:40} accuracy {row['accuracy']:.3f} [{low:.3f}, {high:.3f}]  n {row['n']}")
+                else:
+                    lines.append(f"  {condition:40} CE {row['ce']:.4f}  KL {row['kl']:.4f}  n {row['n']}")
     lines.append("")
     lines.append(f"artifacts: {report['storage']}/{report['experiment']}/<asset>/<partition>/ "
                  f"(e.g. vectors/<trait>/<variant>/{Vectors.file})")

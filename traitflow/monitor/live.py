@@ -288,8 +288,7 @@ def _monitors(ctx: Any, traits: list[str]) -> list[TraitMonitor]:
 
 def _steers(ctx: Any, specs: Sequence[str]) -> tuple[list[Any], list[str]]:
     """Parse ``TRAIT:COEF``; each steers at the trait's best steering layer (else its monitored layer)."""
-    from traitflow.artifacts import BestVector, CmaEs
-    from traitflow.stages.which_vector import CMA_ES, load_vectors, monitored_vector, vectors_context, vectors_for_method
+    from traitflow.stages.which_vector import best_steering_vector, monitored_vector, vectors_context, vectors_for_method
     from traitflow.steer.interventions import Steer
 
     exp = ctx.experiment
@@ -306,23 +305,15 @@ def _steers(ctx: Any, specs: Sequence[str]) -> tuple[list[Any], list[str]]:
             raise TraitflowError(f"--steer: unknown trait {trait!r}; experiment {exp.name} has {', '.join(exp.traits)}")
         src = vectors_context(ctx, "inference")
         _require_vectors(src, trait)
-        vectors = load_vectors(src, trait, src.experiment.extraction_variant)
-        best = ctx.artifacts.read_optional(BestVector, trait)
-        choice = None
+        best = best_steering_vector(ctx, trait, stage="inference")
         if best is not None:
-            key = (best["position"], best["component"], best["method"])
-            if best["method"] == CMA_ES and best.get("variant"):
-                # The best vector is a CMA-ES refinement: this experiment's own, of the variant it names.
-                if CmaEs.exists(ctx.store, ctx.experiment.name, trait, best["variant"]):
-                    vectors = CmaEs.read_vectors(ctx.store, ctx.experiment.name, trait, best["variant"])
-            if key in vectors.vectors and int(best["layer"]) in vectors.defined_layers(*key):
-                choice = (*key, int(best["layer"]), "best vector")
-        if choice is None:
-            choice = (*monitored_vector(ctx, trait), "monitored vector")
-            vectors = vectors_for_method(src, trait, choice[2])
-        position, component, method, layer, source = choice
-        config.append(Steer(vectors.vector(position, component, method, layer), layer, coefficient, positions="response"))
-        notes.append(f"steer {trait} ({source}: {position} {component} {method}, layer {layer}) × {coefficient:g}")
+            vector, layer, source = best.vector, best.layer, best.description
+        else:  # no best vector yet: the monitored one
+            position, component, method, layer = monitored_vector(ctx, trait)
+            vector = vectors_for_method(src, trait, method).vector(position, component, method, layer)
+            source = f"monitored vector: {position} {component} {method}, layer {layer}"
+        config.append(Steer(vector, layer, coefficient, positions="response"))
+        notes.append(f"steer {trait} ({source}) × {coefficient:g}")
     return config, notes
 
 

@@ -640,9 +640,20 @@ def _resolve_experiment(
     for i, comparison in enumerate(spec.comparisons):
         check_variant(("comparisons", i, "a"), comparison.a)
         check_variant(("comparisons", i, "b"), comparison.b)
+    seen_benchmarks: set[str] = set()
     for i, bench in enumerate(spec.benchmarks):
         for j, v in enumerate(bench.variants):
             check_variant(("benchmarks", i, "variants", j), v)
+        if bench.name in seen_benchmarks:  # the name is the partition key
+            err(("benchmarks", i, "name"), f"benchmark {bench.name!r} is listed twice; one entry per benchmark")
+        seen_benchmarks.add(bench.name)
+        if bench.source != "hf":
+            try:
+                if not safe_relative(root, bench.source, path, located.line_of(("benchmarks", i, "source")),
+                                     f"benchmarks[{i}].source").is_file():
+                    err(("benchmarks", i, "source"), f"file {bench.source!r} does not exist (or hf for Hugging Face datasets)")
+            except SpecError as exc:
+                errors.append(exc)
 
     for variant, source in spec.inference.replay.items():
         check_variant(("inference", "replay", variant), variant)
@@ -687,7 +698,7 @@ def _resolve_experiment(
         except SpecError as exc:
             errors.append(exc)
     errors.extend(_check_small_languages(spec, path, located))
-    errors.extend(_not_supported_yet(spec, path, located))
+    errors.extend(_check_benchmark_traits(spec, traits, path, located))
     errors.extend(_check_storage(spec, path, located))
     if errors:
         raise SpecErrors(errors)
@@ -710,12 +721,17 @@ def _cma_es_monitoring_problem(spec: ExperimentSpec, source: ExperimentSpec) -> 
     return None
 
 
-def _not_supported_yet(spec: ExperimentSpec, path: Path, located: LocatedYaml) -> list[SpecError]:
-    """Keys of stages that are specified but not built yet fail validation rather than doing nothing."""
+def _check_benchmark_traits(spec: ExperimentSpec, traits: set[str], path: Path, located: LocatedYaml) -> list[SpecError]:
+    """A benchmark condition steers or ablates one of this experiment's traits."""
     errors = []
-    if spec.benchmarks:
-        errors.append(SpecError(path, "capability benchmarks are not supported yet; remove the key",
-                                line=located.line_of(("benchmarks",)), field="benchmarks"))
+    for i, bench in enumerate(spec.benchmarks):
+        for j, condition in enumerate(bench.conditions):
+            trait = getattr(condition, "steer", None) or getattr(condition, "ablate", None)
+            if trait is not None and trait not in traits:
+                loc = ("benchmarks", i, "conditions", j)
+                errors.append(SpecError(path, f"condition {j + 1} names trait {trait!r}, which this experiment does not have "
+                                              f"({', '.join(sorted(traits)) or 'none'})",
+                                        line=located.line_of(loc), field=dotted(loc)))
     return errors
 
 

@@ -1,6 +1,7 @@
 """Pydantic models of the YAML specs (DESIGN §2). Every key has a default except `name`,
 `variants` and `traits`; unknown keys are errors (``extra="forbid"``)."""
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -214,16 +215,69 @@ class ComparisonSpec(Strict):
     top_pct: float = Field(5, gt=0, le=100, description="Share of each prompt's clauses (percent) kept for the ranking.")
 
 
-class BenchmarkSteer(Strict):
-    trait: str
-    coef: float
+# The benchmarks traitflow.capability knows (its BENCHMARKS; tests/test_capability.py checks they agree).
+BenchmarkName = Literal["hellaswag", "arc_easy", "arc_challenge", "mmlu", "truthfulqa_mc1", "ce_loss"]
+
+
+class SteerCondition(Strict):
+    steer: str = Field(description="Trait whose best vector steers: coef × unit vector at every position.")
+    coef: float | Literal["best", "-best"] = Field(
+        description="Coefficient in activation units (as best_vector.coefficient and `traitflow monitor --steer`); "
+                    "best: best_vector's own, -best: its opposite.")
+    layer: int | None = Field(None, ge=0, description="Steer at this layer instead of the trait's best layer.")
+
+    @field_validator("coef")
+    @classmethod
+    def _finite(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("coef must be a finite number, best or -best")
+        return value
+
+
+class AblateCondition(Strict):
+    ablate: str = Field(description="Trait whose best direction is projected out of the residual at every layer and token.")
 
 
 class BenchmarkSpec(Strict):
-    name: str
-    variants: list[str] = Field(default_factory=list)
-    limit: int | None = Field(None, ge=1)
-    steer: list[BenchmarkSteer] = Field(default_factory=list)
+    name: BenchmarkName = Field(
+        description="The benchmark: multiple choice (accuracy) or ce_loss (next-token loss on neutral text).")
+    limit: int = Field(200, ge=1, description="The first N items (ce_loss: paragraphs).")
+    source: str = Field("hf", description="hf (Hugging Face datasets, when reachable) or a JSONL (ce_loss: also .txt) "
+                                          "in the dataset's schema, relative to the project root.")
+    conditions: list[Literal["baseline"] | SteerCondition | AblateCondition] = Field(
+        default_factory=lambda: ["baseline"], min_length=1,
+        description="baseline, {steer: TRAIT, coef: C|best|-best, layer?}, {ablate: TRAIT}.")
+    variants: list[str] = Field(default_factory=list, description="Variants scored (default: steering.variants).")
+    chat_template: bool = Field(False, description="Ask through the variant's chat template: the question is the user's "
+                                                   "message, each choice a reply (default: plain text, as the harness does).")
+
+    @field_validator("conditions", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any) -> Any:
+        """One message per bad condition (a union's errors would list every alternative)."""
+        from pydantic import ValidationError
+
+        if not isinstance(value, list):
+            return value
+        out = []
+        for i, condition in enumerate(value):
+            kind = SteerCondition if isinstance(condition, dict) and "steer" in condition else \
+                AblateCondition if isinstance(condition, dict) and "ablate" in condition else None
+            if condition == "baseline":
+                out.append(condition)
+            elif kind is None:
+                raise ValueError(f"condition {i + 1}: expected baseline, {{steer: TRAIT, coef: C}} or {{ablate: TRAIT}}, "
+                                 f"got {condition!r}")
+            else:
+                try:
+                    out.append(kind.model_validate(condition))
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = str(first["loc"][0]) if first["loc"] else "?"
+                    message = (f"must be a finite number, best or -best, got {condition.get('coef')!r}"
+                               if where == "coef" and first["type"] != "extra_forbidden" else first["msg"])
+                    raise ValueError(f"condition {i + 1}: {where}: {message}") from None
+        return out
 
 
 class StorageSpec(Strict):

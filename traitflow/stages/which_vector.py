@@ -12,7 +12,8 @@
 Functions take a :class:`ReadContext` (a StageContext is one): none of them loads a model.
 """
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from traitflow.artifacts import CmaEs, ExtractionEval, Vectors
 from traitflow.errors import TraitflowError
@@ -121,3 +122,43 @@ def comparison_vector(ctx: ReadContext, trait: str) -> tuple[str, str, str]:
     best = src.artifacts.read(ExtractionEval, trait, src.experiment.extraction_variant)["best"]
     row = best.get(position) or next(iter(best.values()))
     return row["position"], row["component"], row["method"]
+
+
+@dataclass(frozen=True)
+class SteeringChoice:
+    """The vector a trait steers with, from its `best_vector` (:func:`best_steering_vector`)."""
+
+    vector: Any  # [hidden] tensor
+    position: str
+    component: str
+    method: str
+    layer: int
+    coefficient: float | None  # best_vector's, when steering chose it; None when chosen by accuracy alone
+    description: str  # e.g. "best vector: prompt[-1] residual pca, layer 2"
+
+
+def best_steering_vector(ctx: ReadContext, trait: str, stage: str = "steering", layer: int | None = None) -> SteeringChoice | None:
+    """A trait's best vector (its `best_vector` artifact: position, component, method, layer; a
+    CMA-ES refinement read from this experiment's `cma_es`), at `layer` when given (same position,
+    component and method). None when `best_vector` is not materialized. Vectors come from `stage`'s
+    `vectors_from` source."""
+    from traitflow.artifacts import BestVector
+
+    best = ctx.artifacts.read_optional(BestVector, trait)
+    if best is None:
+        return None
+    src = vectors_context(ctx, stage)
+    vectors = load_vectors(src, trait, src.experiment.extraction_variant)
+    if best["method"] == CMA_ES and best.get("variant"):
+        # A refinement: this experiment's own, of the variant it names.
+        if not CmaEs.exists(ctx.store, ctx.experiment.name, trait, best["variant"]):
+            raise _no_refinement(ctx, trait, "best_vector")
+        vectors = CmaEs.read_vectors(ctx.store, ctx.experiment.name, trait, best["variant"])
+    key = (best["position"], best["component"], best["method"])
+    at = int(best["layer"]) if layer is None else int(layer)
+    if key not in vectors.vectors or at not in vectors.defined_layers(*key):
+        where = f"layer {at}" if layer is not None else f"its layer {at}"
+        raise TraitflowError(f"{trait}: best_vector's {' '.join(key)} has no vector at {where} "
+                             f"(defined at {', '.join(map(str, vectors.defined_layers(*key))) or 'none'})")
+    return SteeringChoice(vectors.vector(*key, at), *key, at, best.get("coefficient"),
+                          f"best vector: {' '.join(key)}, layer {at}")

@@ -8,8 +8,11 @@
   (10 questions over training topics, no system prompt, none of them a scenario prompt) and
   ``trait.yaml`` (description and the keywords judge's word lists from :mod:`traitflow.toy.vocab`).
 - ``inference/toy/general.json``: 20 neutral prompts over training topics, no system prompt.
+- ``benchmarks/toy/mc.jsonl`` and ``neutral.txt``: capability items the toy model knows the
+  answers to (:mod:`traitflow.toy.benchmark`).
 
-Every choice is index arithmetic over the corpus tables: no randomness, byte-for-byte stable.
+Every choice is index arithmetic over the corpus tables (the benchmark items: a seeded
+``random.Random``): byte-for-byte stable.
 """
 
 import json
@@ -175,4 +178,9 @@ def write_all(root: Path) -> list[Path]:
     )
     atomic_write_text(general, text)
     written.append(general)
+    from traitflow.toy.benchmark import files as benchmark_files
+
+    for name, content in benchmark_files().items():
+        atomic_write_text(root / "benchmarks" / "toy" / name, content)
+        written.append(root / "benchmarks" / "toy" / name)
     return written

@@ -121,6 +121,8 @@ class Viewer:
         if page == "comparison":
             return data.comparison_page(ctx, _param(params, "a"), _param(params, "b"), _param(params, "prompt_set"),
                                         params.get("trait"))
+        if page == "benchmarks":
+            return data.benchmarks_page(ctx, params.get("benchmark"), params.get("variant"))
         server = self.model_server()
         return data.chat_page(ctx, server.variants if server else None)
 

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from traitflow.artifacts import (
+    Benchmark,
     BestVector,
     Calibration,
     ExtractionEval,
@@ -27,7 +28,7 @@ from traitflow.stages.context import ReadContext
 from traitflow.stages.which_vector import steering_variants, vectors_context
 from traitflow.view.urls import page_path
 
-__all__ = ["chat_page", "comparison_page", "dynamics_page", "experiment_page", "experiment_rows", "extraction_page",
+__all__ = ["benchmarks_page", "chat_page", "comparison_page", "dynamics_page", "experiment_page", "experiment_rows", "extraction_page",
            "steering_page"]
 
 MASSIVE_NORM_RATIO = 3.0  # a token whose ‖h‖ is this many times its response's median is a massive activation
@@ -96,8 +97,13 @@ def experiment_page(ctx: ReadContext) -> dict[str, Any]:
     comparisons = [{"a": c.a, "b": c.b, "prompt_set": c.prompt_set,
                     "link": page_path(exp.name, "comparison", a=c.a, b=c.b, prompt_set=c.prompt_set)}
                    for c in exp.spec.comparisons if ctx.artifacts.exists(VariantDiff, comparison_key(c.a, c.b, c.prompt_set))]
+    from traitflow.stages.capability import benchmark_keys
+
+    benchmarks = [{"benchmark": key.partition("/")[0], "variant": key.partition("/")[2],
+                   "link": page_path(exp.name, "benchmarks", benchmark=key.partition("/")[0], variant=key.partition("/")[2])}
+                  for key in benchmark_keys(exp) if ctx.artifacts.exists(Benchmark, key)]
     return {"page": "experiment", "experiment": exp.name, "storage": ctx.store.uri, "traits": experiment_rows(ctx),
-            "dynamics": dynamics, "comparisons": comparisons,
+            "dynamics": dynamics, "comparisons": comparisons, "benchmarks": benchmarks,
             "chat": page_path(exp.name, "chat")}
 
 
@@ -270,6 +276,31 @@ def comparison_page(ctx: ReadContext, a: str, b: str, prompt_set: str, trait: st
             entry[side] = item.get("response")
     return {**page, "materialized": True, "n_prompts": record["n_prompts"], "sign": record["sign"], "effects": effects,
             "traits": peaks, "trait": chosen, "details": details, "texts": texts}
+
+
+# --------------------------------------------------------------------------- Benchmarks
+def benchmarks_page(ctx: ReadContext, benchmark: str | None = None, variant: str | None = None,
+                    all_items: bool = False) -> dict[str, Any]:
+    """Every stored benchmark × variant with its conditions' accuracy (± 95 % interval) or CE and KL,
+    and, for the chosen one (or every one with `all_items`), each item: the question, the right
+    answer and what each condition picked."""
+    from traitflow.stages.capability import benchmark_keys
+
+    exp = ctx.experiment
+    runs, items = [], {}
+    for key in benchmark_keys(exp):
+        record = ctx.artifacts.read_optional(Benchmark, key)
+        if record is None:
+            continue
+        name, _, var = key.partition("/")
+        runs.append({"key": key, "benchmark": name, "variant": var, "n": record["n"], "source": record["source"],
+                     "chat_template": record["chat_template"],
+                     "conditions": [{"condition": c, **{k: _finite(row.get(k)) for k in ("accuracy", "ci95", "n", "ce", "kl")}}
+                                    for c, row in record["conditions"].items()]})
+        if all_items or (benchmark, variant) == (name, var) or (benchmark is None and not items):
+            items[key] = record["predictions"]
+    return {"page": "benchmarks", "experiment": exp.name, "runs": runs, "items": items,
+            "chosen": f"{benchmark}/{variant}" if benchmark and variant else next(iter(items), None)}
 
 
 # --------------------------------------------------------------------------- Live chat

@@ -38,6 +38,7 @@ def report_pages(ctx: ReadContext) -> dict[str, dict[str, Any]]:
         if ctx.artifacts.exists(VariantDiff, comparison_key(c.a, c.b, c.prompt_set)):
             pages[page_path(name, "comparison", a=c.a, b=c.b, prompt_set=c.prompt_set)] = data.comparison_page(
                 ctx, c.a, c.b, c.prompt_set, all_traits=True)
+    pages[page_path(name, "benchmarks")] = data.benchmarks_page(ctx, all_items=True)
     pages[page_path(name, "chat")] = data.chat_page(ctx, None)
     return pages
 

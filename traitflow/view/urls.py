@@ -21,6 +21,7 @@ PAGES: dict[str, tuple[str, ...]] = {
     "steering": ("trait", "variant", "run"),
     "dynamics": ("prompt_set", "variant", "prompt", "trait"),
     "comparison": ("a", "b", "prompt_set", "trait", "prompt"),
+    "benchmarks": ("benchmark", "variant", "condition"),
     "chat": ("variant",),
 }
 
@@ -61,6 +62,9 @@ def asset_page(experiment: str, asset: str, dims: dict[str, str]) -> str | None:
         a_b, _, prompt_set = dims.get("comparison", "").partition("/")
         a, _, b = a_b.partition("_vs_")
         return page_url(experiment, "comparison", a=a, b=b, prompt_set=prompt_set)
+    if asset == "benchmark":
+        name, _, variant = dims.get("benchmark", "").partition("/")
+        return page_url(experiment, "benchmarks", benchmark=name, variant=variant)
     if asset in ("summary", "calibration"):
         return page_url(experiment, "experiment")
     return None

@@ -127,7 +127,7 @@
       data.page !== "experiment" ? h("span", {}, " › " + data.page) : null,
       REPORT ? h("span", { class: "right" }, "static report") : h("a", { class: "right", href: `/${encodeURIComponent(exp)}/chat` }, "Live chat")]
       .filter(Boolean));
-    const pages = { experiment, extraction, steering, dynamics, comparison, chat: liveChat };
+    const pages = { experiment, extraction, steering, dynamics, comparison, benchmarks, chat: liveChat };
     main.replaceChildren(...[].concat(pages[data.page](data, params)));
     document.title = `${data.page} · ${exp} · traitflow`;
   }
@@ -152,7 +152,9 @@
       section("Trait dynamics", d.dynamics.length ? h("ul", {}, d.dynamics.map((x) => h("li", {}, h("a", { href: x.link }, `${x.prompt_set} · ${x.variant}`))))
         : note("No projections materialized yet.")),
       section("Model comparison", d.comparisons.length ? h("ul", {}, d.comparisons.map((x) => h("li", {}, h("a", { href: x.link }, `${x.a} → ${x.b} on ${x.prompt_set}`))))
-        : note("No comparisons materialized yet."))];
+        : note("No comparisons materialized yet.")),
+      section("Capability benchmarks", (d.benchmarks || []).length ? h("ul", {}, d.benchmarks.map((x) => h("li", {}, h("a", { href: x.link }, `${x.benchmark} on ${x.variant}`))))
+        : note("No benchmarks materialized yet."))];
   }
 
   function heatmap(rows, value, title, scheme, domain) {
@@ -372,6 +374,49 @@
     out.push(section("Top clauses across the prompt set", table([{ key: "id", label: "prompt" },
       { key: "clause", label: "clause", render: (c) => h("span", { class: "text" }, c.clause) },
       { key: "delta", label: "Δ", numeric: true, format: (x) => signed(x) }], info.top_clauses, { class: "data clauses" })));
+    return out;
+  }
+
+  function benchmarks(d, params) {
+    const out = [h("h1", {}, `Capability benchmarks · ${d.experiment}`)];
+    if (!d.runs.length) { out.push(note("No benchmark materialized yet.")); return out; }
+    for (const run of d.runs) {
+      const mc = run.conditions.some((c) => c.accuracy != null);
+      const cols = mc ? [{ key: "condition", label: "condition" }, { key: "accuracy", label: "accuracy", numeric: true, format: (x) => num(x, 3) },
+        { key: "ci95", label: "95 % interval", render: (r) => r.ci95 ? `[${num(r.ci95[0], 3)}, ${num(r.ci95[1], 3)}]` : "—" },
+        { key: "n", label: "items", numeric: true }]
+        : [{ key: "condition", label: "condition" }, { key: "ce", label: "CE (nats/token)", numeric: true, format: (x) => num(x, 4) },
+          { key: "kl", label: "KL from unsteered", numeric: true, format: (x) => num(x, 4) }, { key: "n", label: "paragraphs", numeric: true }];
+      const rows = run.conditions.map((c) => Object.assign({ low: c.ci95 ? c.ci95[0] : null, high: c.ci95 ? c.ci95[1] : null }, c));
+      out.push(section(`${run.benchmark} on ${run.variant}`, note(`${run.n} ${mc ? "items" : "paragraphs"} from ${run.source}` +
+        (run.chat_template ? ", asked through the chat template" : "")),
+      h("div", { class: "row" }, table(cols, rows, { class: "data conditions" }), mc ? chart({
+        $schema: "https://vega.github.io/schema/vega-lite/v5.json", data: { values: rows }, width: 320, height: { step: 26 },
+        layer: [{ mark: { type: "rule", strokeWidth: 2 }, encoding: { y: { field: "condition", type: "nominal", sort: null, title: null },
+          x: { field: "low", type: "quantitative", scale: { domain: [0, 1] }, title: "accuracy" }, x2: { field: "high" } } },
+        { mark: { type: "point", filled: true, size: 70 }, encoding: { y: { field: "condition", type: "nominal", sort: null },
+          x: { field: "accuracy", type: "quantitative" }, tooltip: ["condition", { field: "accuracy", format: ".3f" }] } }] }) : null)));
+    }
+    const withItems = d.runs.filter((r) => r.conditions.some((c) => c.accuracy != null));
+    if (!withItems.length) return out;
+    const wanted = params.get("benchmark") && params.get("variant") ? `${params.get("benchmark")}/${params.get("variant")}` : d.chosen;
+    const key = d.items[wanted] ? wanted : Object.keys(d.items).find((k) => withItems.some((r) => r.key === k));
+    if (!key) return out;
+    const names = withItems.find((r) => r.key === key).conditions.map((c) => c.condition);
+    const changedOnly = params.get("changed") === "1";
+    const items = d.items[key].filter((p) => !changedOnly || new Set(Object.values(p.pred)).size > 1);
+    const pick = (p, c) => { const i = p.pred[c]; return h("span", { class: i === p.label ? "right" : "wrong" }, (i === p.label ? "✓ " : "✗ ") + p.choices[i]); };
+    out.push(section("Items", h("div", { class: "controls" },
+      h("label", {}, "benchmark ", select(withItems.map((r) => [r.key, `${r.benchmark} on ${r.variant}`]), key, (v) => {
+        const [b, variant] = v.split("/"); setParams({ benchmark: b, variant }, !d.items[v]);
+      }, { id: "tf-benchmark" })),
+      h("label", {}, h("input", { type: "checkbox", id: "tf-changed", checked: changedOnly, onchange: (e) => setParams({ changed: e.target.checked ? "1" : null }) }),
+        " only items a condition changed")),
+    note(`${items.length} of ${d.items[key].length} items`),
+    table([{ key: "context", label: "item", render: (p) => h("span", { class: "text" }, p.context) },
+      { key: "label", label: "right answer", render: (p) => h("span", { class: "text" }, p.choices[p.label]) },
+      ...names.map((c) => ({ key: c, label: c, value: (p) => p.pred[c] === p.label ? 1 : 0, render: (p) => pick(p, c) }))],
+    items, { class: "data items" })));
     return out;
   }
 
