@@ -106,6 +106,8 @@ BAD = [
      "coef: must be a finite number, best or -best"),
     ("{name: mmlu, conditions: [{ablate: toy/optimism, coef: 1}]}", "benchmarks[0].conditions", "coef: Extra inputs"),
     ("{name: hellaswag, source: ../elsewhere.jsonl}", "benchmarks[0].source", "without '..'"),
+    ("{name: mmlu, conditions: [baseline, {steer: toy/optimism, coef: 8}, {steer: toy/optimism, coef: 8.0}]}",
+     "benchmarks[0].conditions[2]", "repeats 'steer toy/optimism 8'"),
     ("{name: hellaswag, source: datasets/missing.jsonl}", "benchmarks[0].source", "does not exist"),
 ]
 
@@ -123,3 +125,16 @@ def test_bad_benchmark_specs_are_one_line_validate_errors(tmp_path, capsys, entr
     err = capsys.readouterr().err
     line = next(li for li in err.splitlines() if field in li)
     assert f"demo.yaml:{head.count(chr(10)) + 2}: {field}" in line and message in line, err
+
+
+def test_editing_a_benchmark_source_changes_its_code_version(tmp_path):
+    root = tmp_path / "proj"
+    shutil.copytree(REPO / "specs", root / "specs")
+    shutil.copytree(REPO / "datasets", root / "datasets", ignore=shutil.ignore_patterns("*.safetensors"))
+    before = load_project(root, experiments=["demo"]).experiments["demo"]
+    versions = {asset: before.code_version(asset) for asset in ("benchmark", "best_vector")}  # computed on demand: now
+    items = root / "datasets/benchmarks/toy/mc.jsonl"
+    items.write_text(items.read_text().replace("Tell me", "Please tell me", 1))
+    after = load_project(root, experiments=["demo"]).experiments["demo"]
+    assert after.code_version("benchmark") != versions["benchmark"]
+    assert after.code_version("best_vector") == versions["best_vector"]  # nothing else moves

@@ -76,11 +76,13 @@ PAGES = [
     ("dynamics", {"prompt_set": "toy/general", "variant": "chat"}, ".tokens .tok", 10),
     ("comparison", {"a": "chat", "b": "pessimist", "prompt_set": "toy/general"}, "table.clauses tbody tr", 5),
     ("benchmarks", {"benchmark": "arc_easy", "variant": "chat"}, "table.items tbody tr", 80),
+    ("benchmarks", {"benchmark": "ce_loss", "variant": "chat"}, "table.conditions tbody tr", 6),  # both benchmarks' tables
     ("chat", {}, "#tf-main h1", 1),
 ]
 
 
-@pytest.mark.parametrize(("name", "params", "selector", "at_least"), PAGES, ids=[p[0] for p in PAGES])
+@pytest.mark.parametrize(("name", "params", "selector", "at_least"), PAGES,
+                         ids=[p[0] + (f"-{p[1]['benchmark']}" if "benchmark" in p[1] else "") for p in PAGES])
 def test_every_page_renders_without_console_errors(browser, viewer, name, params, selector, at_least):
     page = open_page(browser, viewer + page_path("demo", name, **params))
     try:
@@ -173,6 +175,10 @@ def test_a_bad_page_is_a_one_line_answer(viewer):
     assert status == 404 and body == {"error": "experiment demo has no trait 'toy/nope'"}
     status, body = get_json(viewer + "/api/demo/steering?trait=toy/optimism")
     assert status == 404 and body["error"] == "this page needs ?variant="
+    status, body = get_json(viewer + "/api/demo/steering?trait=toy/optimism&variant=nope")
+    assert status == 404 and body["error"] == "experiment demo has no steered variant 'nope' (it has chat)"
+    status, body = get_json(viewer + "/api/demo/benchmarks?benchmark=mmlu&variant=chat")
+    assert status == 404 and "no benchmark 'mmlu/chat'" in body["error"]
     status, body = get_json(viewer + "/api/nodemo/")
     assert status == 404 and "nodemo" in body["error"] and "\n" not in body["error"]
     status, body = get_json(viewer + "/api/demo/dynamics?prompt_set=toy/general&variant=chat")
@@ -259,3 +265,27 @@ def test_model_text_is_shown_as_text_never_run(browser, tmp_path):
         assert page.evaluate("window.pwned") is None
     finally:
         page.context.close()
+
+
+def test_only_the_viewers_own_pages_reach_it(viewer):
+    """Another site's page cannot read the artifacts (DNS rebinding sends its own Host) nor start a
+    chat turn (a form's content type, or a foreign Origin)."""
+    import urllib.error
+    import urllib.request
+
+    def call(path: str, data: bytes | None = None, **headers: str) -> tuple[int, dict]:
+        request = urllib.request.Request(viewer + path, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request) as response:
+                return response.status, json.loads(response.readline())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    assert call("/api/demo/", Host="attacker.example")[0] == 403
+    assert call("/api/demo/", Host="localhost")[0] == 200
+    body = json.dumps({"variant": "chat", "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    assert call("/api/demo/chat", body, **{"Content-Type": "text/plain"})[0] == 415
+    assert call("/api/demo/chat", body, **{"Content-Type": "application/json", "Origin": "https://evil.example"})[0] == 403
+    huge = json.dumps({"variant": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 10**9}).encode()
+    status, event = call("/api/demo/chat", huge, **{"Content-Type": "application/json", "Origin": viewer})
+    assert status == 200 and event == {"error": "max_new_tokens must be a whole number from 1 to 1024"}

@@ -125,12 +125,12 @@ ASSETS: tuple[AssetRow, ...] = (
              ("pytorch", "json", "altair"),
              "A's responses replayed through A and B: Cohen's d, cosine and per-token/clause deltas per trait x layer.",
              settings=("inference.batch_size",), gpu=True, reads_model=True, vector_stage="inference"),
-    # Last, in a stage of its own: `traitflow run` builds it after everything it summarises. It
-    # reads extraction.position for a trait not steered yet (the extraction's best at the first one).
     AssetRow("benchmark", "benchmark", "benchmark", ("best_vector",), ("benchmarks",), "benchmark.json",
              ("pytorch", "json", "altair"),
              "Capability under each condition (baseline, steered, ablated): accuracy ± bootstrap CI, or next-token CE and KL.",
              settings=("inference.batch_size",), gpu=True, reads_model=True, vector_stage="steering", opt_in="benchmarks"),
+    # Last, in a stage of its own: `traitflow run` builds it after everything it summarises. It
+    # reads extraction.position for a trait not steered yet (the extraction's best at the first one).
     AssetRow("summary", "summary", "experiment", ("best_vector", "extraction_eval", "variant_diff"), ("extraction.position",),
              "summary.json", ("json",),
              "One row per trait: its best vector, held-out accuracy, steering delta and coherence (the viewer's experiment page)."),

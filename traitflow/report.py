@@ -143,11 +143,12 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append("")
             lines.append(f"benchmark {name} on {variant}")
             for condition, row in conditions.items():
-                if row["accuracy"] is not None:
-                    low, high = row["ci95"]
-                    lines.append(f"  {condition:40} accuracy {row['accuracy']:.3f} [{low:.3f}, {high:.3f}]  n {row['n']}")
+                if name != "ce_loss":
+                    low, high = row["ci95"] or (None, None)
+                    lines.append(f"  {condition:40} accuracy {_num(row['accuracy'], '.3f')} [{_num(low, '.3f')}, "
+                                 f"{_num(high, '.3f')}]  n {row['n']}")
                 else:
-                    lines.append(f"  {condition:40} CE {row['ce']:.4f}  KL {row['kl']:.4f}  n {row['n']}")
+                    lines.append(f"  {condition:40} CE {_num(row['ce'], '.4f')}  KL {_num(row['kl'], '.4f')}  n {row['n']}")
     lines.append("")
     lines.append(f"artifacts: {report['storage']}/{report['experiment']}/<asset>/<partition>/ "
                  f"(e.g. vectors/<trait>/<variant>/{Vectors.file})")

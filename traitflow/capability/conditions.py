@@ -1,8 +1,10 @@
 """A benchmark's conditions as interventions: what each one does to the model while it is scored.
 
 - ``baseline``: the model as it is.
-- ``{steer: TRAIT, coef: C}``: add ``C · v̂`` to the residual stream at every position, at the
-  trait's best layer (``best_vector``'s) or the ``layer`` given; ``v̂`` is the trait's best vector
+- ``{steer: TRAIT, coef: C}``: add ``C · v̂`` to the residual stream, at the trait's best layer
+  (``best_vector``'s) or the ``layer`` given — at the positions where the model answers (multiple
+  choice: the last context token and the choice's tokens, as the steering search applied it) or at
+  every token (``ce_loss``); ``v̂`` is the trait's best vector
   (unit length), so ``C`` is in activation units, the units of ``best_vector.coefficient`` and of
   ``traitflow monitor --steer``. ``coef: best`` is ``best_vector``'s own coefficient and
   ``coef: -best`` its opposite.
@@ -40,8 +42,13 @@ def condition_name(spec: Any) -> str:
     return f"ablate {spec.ablate}"
 
 
-def resolve_conditions(ctx: Any, specs: list[Any]) -> list[Condition]:
+def resolve_conditions(ctx: Any, specs: list[Any], positions: str = "response", n_layers: int | None = None) -> list[Condition]:
     """Each condition with its interventions, from this experiment's stored best vectors.
+
+    `positions` is where a steer applies (:class:`~traitflow.steer.interventions.Steer`):
+    ``response`` for multiple choice (the last context token and the choice's tokens — what the
+    model says, where the steering search tuned ``best_vector``'s coefficient), ``all`` for text
+    scored as a whole (``ce_loss``). `n_layers`: the model's depth, to check ``layer:``.
 
     Raises:
         TraitflowError when a trait named has no best vector yet (materialize best_vector first),
@@ -71,8 +78,14 @@ def resolve_conditions(ctx: Any, specs: list[Any]) -> list[Condition]:
                                      "(best_vector has no coefficient); give coef a number")
             coefficient = -choice.coefficient if coefficient == "-best" else choice.coefficient
         layer = choice.layer if spec.layer is None else spec.layer
+        if n_layers is not None and not 0 <= layer < n_layers:
+            raise TraitflowError(f"benchmark condition {name!r}: layer {layer} is out of range (layers 0-{n_layers - 1})")
         if layer != choice.layer:
+            if choice.method == "cma_es":
+                raise TraitflowError(f"benchmark condition {name!r}: {trait}'s best vector is a CMA-ES refinement, made at "
+                                     f"layer {choice.layer} only; drop layer: or set steering.cma_es.enabled: false")
             choice = best_steering_vector(ctx, trait, layer=layer) or choice
-        out.append(Condition(name, (Steer(choice.vector, layer, float(coefficient), positions="all"),),
-                             {"trait": trait, "layer": layer, "coefficient": float(coefficient), "vector": choice.description}))
+        out.append(Condition(name, (Steer(choice.vector, layer, float(coefficient), positions=positions),),
+                             {"trait": trait, "layer": layer, "coefficient": float(coefficient), "positions": positions,
+                              "vector": choice.description}))
     return out

@@ -201,17 +201,6 @@ class _Batcher:
 
 
 # --------------------------------------------------------------------------- helpers
-def _takes_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    from traitflow.model.arch import unwrap
-
-    try:
-        return "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _token_logprobs(logits: Any, targets: Any) -> Any:
     """``log_softmax(logits)[..., target]`` in float32, in chunks of positions (no [N, V] float32
     copy of the whole thing)."""
@@ -327,7 +316,7 @@ def _choice_batch(loaded: Any, config: Sequence[Any], toks: list[_Tokens]) -> li
     """
     import torch
 
-    from traitflow.model.hooks import left_pad_batch
+    from traitflow.model.hooks import forward_kwargs, left_pad_batch
     from traitflow.steer.interventions import intervene
 
     model = loaded.model
@@ -336,7 +325,7 @@ def _choice_batch(loaded: Any, config: Sequence[Any], toks: list[_Tokens]) -> li
     ctx_lens = [len(t.context) for t in toks]
     batch = left_pad_batch([t.context for t in toks], loaded.pad_token_id, device)
     multi = [(b, j) for b, t in enumerate(toks) for j, c in enumerate(t.choices) if len(c) > 1]
-    extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    extra = forward_kwargs(model)  # logits of the last position only, where the model takes that
     with torch.inference_mode():
         with intervene(loaded, cfgs, [0] * len(toks), ctx_lens):
             out = model(
@@ -358,7 +347,9 @@ def _choice_batch(loaded: Any, config: Sequence[Any], toks: list[_Tokens]) -> li
         if multi:
             if not hasattr(cache, "batch_select_indices"):
                 raise TraitflowError(f"model {loaded.spec.name or loaded.spec.model!r}: its cache ({type(cache).__name__}) cannot be shared between choices")
-            rows = torch.tensor([b for b, _ in multi], dtype=torch.long, device=device)
+            # On the CPU: the cache's layers may sit on several devices (device_map: auto), and a CPU
+            # index works on any of them.
+            rows = torch.tensor([b for b, _ in multi], dtype=torch.long)
             cache.batch_select_indices(rows)  # one cache row per (item, choice), gathered from its item
             width = max(len(toks[b].choices[j]) - 1 for b, j in multi)
             ids = torch.full((len(multi), width), int(loaded.pad_token_id), dtype=torch.long)

@@ -150,7 +150,7 @@ def left_pad_batch(seqs: Sequence[Sequence[int]], pad_token_id: int, device: Any
     return _Batch(ids.to(device), mask.to(device), position_ids.to(device), pads)
 
 
-def _forward_kwargs(model: Any) -> dict[str, Any]:
+def forward_kwargs(model: Any) -> dict[str, Any]:
     """Extra forward kwargs that save work we never look at (only the last position's logits)."""
     try:
         params = inspect.signature(unwrap(model).forward).parameters
@@ -247,7 +247,7 @@ def capture_pooled(
     modules = {layer: component_module(loaded.model, layer, component) for layer in unique_layers}
     last_layer = unique_layers[-1]
     device = loaded.device
-    extra = _forward_kwargs(loaded.model)
+    extra = forward_kwargs(loaded.model)
     n_pos = len(parsed)
     lengths = [len(p) + len(r) for p, r in sequences]
     order = sorted(range(n), key=lambda i: lengths[i])
@@ -362,7 +362,7 @@ def project_tokens(
     slots = {layer: [j for j, x in enumerate(layers) if x == layer] for layer in unique_layers}
     modules = {layer: component_module(loaded.model, layer, component) for layer in unique_layers}
     last_layer = unique_layers[-1]
-    extra = _forward_kwargs(loaded.model)
+    extra = forward_kwargs(loaded.model)
     lengths = [len(p) + len(r) for p, r in sequences]
     if min(lengths) == 0:
         raise TraitflowError(f"sequence {lengths.index(0)} is empty: nothing to project")

@@ -133,7 +133,7 @@ def generate_live(
     import torch
 
     from traitflow.model.arch import component_module
-    from traitflow.model.hooks import StopForward, _check_layers, _forward_kwargs, add_hooks, model_lock, output_tensor
+    from traitflow.model.hooks import StopForward, _check_layers, add_hooks, forward_kwargs, model_lock, output_tensor
     from traitflow.steer.interventions import intervene
 
     prompt = [int(t) for t in prompt_ids]
@@ -182,7 +182,7 @@ def generate_live(
 
     hooks = [(component_module(loaded.model, layer, comp), make_hook(idx)) for (layer, comp), idx in groups.items()]
     eos = set(loaded.eos_token_ids)
-    extra = _forward_kwargs(loaded.model)
+    extra = forward_kwargs(loaded.model)
     pieces = _Pieces(loaded.tokenizer)
     response: list[int] = []
     tokens: list[str] = []

@@ -188,7 +188,7 @@ class ModelServer:
         return save({position: tensor.contiguous() for position, tensor in pooled.items()})
 
 
-STAGE_MODULES = ("extraction", "steering", "inference", "comparison")  # traitflow.stages.<module>.run_*
+STAGE_MODULES = ("extraction", "steering", "inference", "comparison", "capability")  # traitflow.stages.<module>.run_*
 
 
 def _stage_function(name: str) -> Callable | None:

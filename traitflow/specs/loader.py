@@ -85,6 +85,20 @@ class Experiment:
         """The experiment whose vectors a stage (steering, inference) uses: `vectors_from`, else this one."""
         return self.vector_sources.get(stage, self)
 
+    def _benchmark_files(self) -> dict[str, str | None]:
+        """Content hash of each local benchmark source (None: not readable; validation says why)."""
+        from traitflow.model.fingerprint import content_hash
+
+        root = self.path.parents[len(EXPERIMENTS_DIR.parts)]
+        out: dict[str, str | None] = {}
+        for bench in self.spec.benchmarks:
+            if bench.source != "hf":
+                try:
+                    out[bench.source] = content_hash(root / bench.source)
+                except OSError:
+                    out[bench.source] = None
+        return out
+
     def code_version(self, asset: str) -> str:
         """Content hash of the spec fields an asset reads (its row in `traitflow.graph`), chained
         through its upstream assets, so a change shows as stale exactly where it matters (e.g. a
@@ -109,6 +123,8 @@ class Experiment:
                          for key in keys if getattr(config, key) is not None} if keys else {}
             if overrides:
                 payload[f"{dotted_path}@traits"] = overrides
+            if dotted_path == "benchmarks":  # a local source's items count as the spec does: editing them re-scores
+                payload["benchmarks@files"] = self._benchmark_files()
         source = self.vector_sources.get(spec_row.vector_stage) if spec_row.vector_stage else None
         payload["upstream"] = [
             (source.code_version(up) if source is not None and up in EXTRACTION_ASSETS else self.code_version(up))
@@ -647,6 +663,12 @@ def _resolve_experiment(
         if bench.name in seen_benchmarks:  # the name is the partition key
             err(("benchmarks", i, "name"), f"benchmark {bench.name!r} is listed twice; one entry per benchmark")
         seen_benchmarks.add(bench.name)
+        from traitflow.capability.conditions import condition_name
+
+        names = [condition_name(c) for c in bench.conditions]
+        for j, name in enumerate(names):
+            if name in names[:j]:  # results are keyed by the name
+                err(("benchmarks", i, "conditions", j), f"condition {j + 1} repeats {name!r}")
         if bench.source != "hf":
             try:
                 if not safe_relative(root, bench.source, path, located.line_of(("benchmarks", i, "source")),

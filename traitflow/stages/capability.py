@@ -47,6 +47,11 @@ def _memory_budget() -> float | None:
     return value
 
 
+def _require_some(loaded: list, source: str, what: str) -> None:
+    if not loaded:
+        raise TraitflowError(f"benchmark source {source}: no {what} in it")
+
+
 def run_benchmark(ctx: StageContext, benchmark: str) -> StageOutput:
     from traitflow.capability.conditions import resolve_conditions
     from traitflow.capability.items import as_chat, load_items, load_texts
@@ -55,22 +60,28 @@ def run_benchmark(ctx: StageContext, benchmark: str) -> StageOutput:
     exp = ctx.experiment
     name, _, variant = benchmark.partition("/")
     spec = next(b for b in exp.spec.benchmarks if b.name == name)
-    conditions = resolve_conditions(ctx, list(spec.conditions))
     root, budget, batch_size = ctx.project.root, _memory_budget(), exp.spec.inference.batch_size
     loaded = ctx.load_model(variant)
+    conditions = resolve_conditions(ctx, list(spec.conditions), positions="all" if name == "ce_loss" else "response",
+                                    n_layers=loaded.n_layers)
     results: dict[str, dict[str, Any]] = {}
     predictions: list[dict[str, Any]] = []
     if name == "ce_loss":
         texts = load_texts(spec.source, spec.limit, root)
-        # KL is against the unsteered model: it goes first, whether or not `baseline` is a condition.
-        configs = [(), *(c.config for c in conditions)]
-        scored = score_ce(loaded, texts, configs, batch_size=batch_size, memory_budget_mb=budget, log=ctx.log)
-        for condition, row in zip(conditions, scored[1:], strict=True):
+        _require_some(texts, spec.source, "paragraphs of 20+ words")
+        # KL is against the unsteered model: it goes first (once), whether or not `baseline` is a condition.
+        steered = [c for c in conditions if c.config]
+        scored = score_ce(loaded, texts, [(), *(c.config for c in steered)], batch_size=batch_size, memory_budget_mb=budget,
+                          log=ctx.log)
+        by_name = {"baseline": scored[0], **{c.name: row for c, row in zip(steered, scored[1:], strict=True)}}
+        for condition in conditions:
+            row = by_name[condition.name]
             results[condition.name] = {"accuracy": None, "ci95": None, "n": len(texts), "ce": row["ce"], "kl": row["kl"],
                                        "tokens": row["tokens"], "detail": condition.detail}
         n = len(texts)
     else:
         items = load_items(name, spec.source, spec.limit, root)
+        _require_some(items, spec.source, "items")
         if spec.chat_template:
             items = as_chat(loaded, items)
         scored = score_choices(loaded, items, [c.config for c in conditions], batch_size=batch_size,

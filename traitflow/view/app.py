@@ -29,6 +29,7 @@ from traitflow.view.html import STATIC_FILES, page_html, static_text
 from traitflow.view.urls import DEFAULT_PORT, PAGES
 
 MAX_CHAT_BODY = 1 << 20
+MAX_CHAT_TOKENS = 1024  # per reply
 
 
 class ParsedJson:
@@ -54,7 +55,10 @@ class ParsedJson:
             entry = self._entries.get(path)
             if entry is not None and entry[0] == stamp:
                 return entry[2]
-        value = json.loads(store.read_bytes(path))
+        try:
+            value = json.loads(store.read_bytes(path))
+        except ValueError as exc:  # a damaged file: say which, not "internal error"
+            raise TraitflowError(f"{path}: not valid JSON ({exc}); re-materialize its asset") from None
         with self._lock:
             self._entries[path] = (stamp, stat.st_size, value)
             while sum(e[1] for e in self._entries.values()) > self.max_bytes and len(self._entries) > 1:
@@ -137,15 +141,18 @@ class Viewer:
         from traitflow.server.client import ServerUnavailable
 
         self.context(experiment)  # an unknown experiment is a one-line error before anything runs
-        server = self.model_server()
-        if server is None:
-            raise TraitflowError("no model server runs for this project: start one with `traitflow serve --variants …`")
         steer = request.get("steer") or []
         if not isinstance(steer, list) or not all(isinstance(s, str) for s in steer):
             raise TraitflowError("steer must be a list of 'TRAIT:COEFFICIENT'")
+        max_new_tokens = request.get("max_new_tokens", 64)
+        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_CHAT_TOKENS:
+            raise TraitflowError(f"max_new_tokens must be a whole number from 1 to {MAX_CHAT_TOKENS}")
+        server = self.model_server()
+        if server is None:
+            raise TraitflowError("no model server runs for this project: start one with `traitflow serve --variants …`")
         body = {"experiment": experiment, "variant": str(request.get("variant")), "messages": request.get("messages"),
                 "system": request.get("system") or None, "steer": steer, "traits": "*",
-                "max_new_tokens": int(request.get("max_new_tokens") or 64), "storage": self.storage_uri}
+                "max_new_tokens": max_new_tokens, "storage": self.storage_uri}
         try:
             for event in server.stream("/generate", body):
                 emit(event)
@@ -186,8 +193,16 @@ def _handler(viewer: Viewer, log: Callable[[str], None]) -> type[BaseHTTPRequest
                       "JSON.parse(document.getElementById('tf-error').textContent).message</script>")
             self._send(status, html.encode(), "text/html; charset=utf-8")
 
+        def _local_host(self) -> bool:
+            """Only names of this machine: a page on another site that rebinds its DNS name to
+            127.0.0.1 sends its own Host, and is refused (it must not read the artifacts)."""
+            host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
+            return host in ("127.0.0.1", "localhost", "::1")
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             url = urlsplit(self.path)
+            if not self._local_host():
+                return self._error(403, "the viewer answers only to 127.0.0.1 or localhost (tunnel to it)", api=True)
             parts = [unquote(p) for p in url.path.split("/") if p]
             api = bool(parts) and parts[0] == "api"
             try:
@@ -235,6 +250,14 @@ def _handler(viewer: Viewer, log: Callable[[str], None]) -> type[BaseHTTPRequest
             parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
             if len(parts) != 3 or parts[0] != "api" or parts[2] != "chat":
                 return self._error(404, f"no endpoint {self.path}", api=True)
+            # A chat turn runs the model: only from the viewer's own pages. Another site's page can
+            # POST here without asking first only with a form's content types, and its Origin differs.
+            origin = self.headers.get("Origin")
+            own = {f"http://{name}:{self.server.server_address[1]}" for name in ("127.0.0.1", "localhost", "[::1]")}
+            if not self._local_host() or (origin is not None and origin not in own):
+                return self._error(403, "chat turns come only from the viewer's own pages", api=True)
+            if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+                return self._error(415, "the body must be JSON (Content-Type: application/json)", api=True)
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:

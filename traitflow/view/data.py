@@ -23,6 +23,7 @@ from traitflow.artifacts import (
     Vetting,
     responses_artifact,
 )
+from traitflow.errors import TraitflowError
 from traitflow.stages.comparison import comparison_key
 from traitflow.stages.context import ReadContext
 from traitflow.stages.which_vector import steering_variants, vectors_context
@@ -151,9 +152,13 @@ def _definition(ctx: ReadContext, trait: str) -> str | None:
     return getattr(dataset, "definition", None) if dataset is not None else None
 
 
-def _require_trait(ctx: ReadContext, trait: str | None) -> None:
-    from traitflow.errors import TraitflowError
+def _require(value: str | None, known: list[str], what: str, experiment: str) -> None:
+    """A page asked for something the experiment does not have: one line saying what it has."""
+    if value not in known:
+        raise TraitflowError(f"experiment {experiment} has no {what} {value!r} (it has {', '.join(known) or 'none'})")
 
+
+def _require_trait(ctx: ReadContext, trait: str | None) -> None:
     if trait not in ctx.experiment.traits:
         raise TraitflowError(f"experiment {ctx.experiment.name} has no trait {trait!r}")
 
@@ -164,6 +169,7 @@ def steering_page(ctx: ReadContext, trait: str, variant: str) -> dict[str, Any]:
     baseline's answer to the same question, for the response browser."""
     exp = ctx.experiment
     _require_trait(ctx, trait)
+    _require(variant, steering_variants(exp), "steered variant", exp.name)
     store, folder = ctx.store, Steering.folder(ctx.store, exp.name, trait, variant)
     summary = ctx.artifacts.read_optional(Steering, trait, variant)
     log = store.read_text_optional(Steering.results_log(store, exp.name, trait, variant)) or ""
@@ -184,7 +190,8 @@ def steering_page(ctx: ReadContext, trait: str, variant: str) -> dict[str, Any]:
             runs.append({"run": name, "layer": vector["layer"], "multiplier": vector["multiplier"],
                          "coefficient": vector.get("weight"), "method": vector.get("method"),
                          **{k: _finite(entry["result"].get(k)) for k in ("trait_mean", "coherence_mean", "n")}})
-    min_coherence = (summary or {}).get("min_coherence")
+    # A run counts when coherent enough: the finished search's threshold, else the spec's (search running).
+    min_coherence = (summary or {}).get("min_coherence", exp.spec.steering.search.min_coherence)
     for run in runs:
         run["valid"] = min_coherence is not None and (run["coherence_mean"] or 0) >= min_coherence
     answers: dict[str, list[dict]] = {}
@@ -213,6 +220,8 @@ def dynamics_page(ctx: ReadContext, prompt_set: str, variant: str, prompt: str |
     projection); the page can leave them out of its colour scale. The calibration's massive
     dimensions per layer come along for reference."""
     exp = ctx.experiment
+    _require(prompt_set, list(exp.spec.inference.prompt_sets), "prompt set", exp.name)
+    _require(variant, exp.inference_variants, "inference variant", exp.name)
     record = ctx.artifacts.read_optional(Projections, prompt_set, variant)
     responses = ctx.artifacts.read_optional(responses_artifact(exp.spec.inference.replay, variant), prompt_set, variant)
     prompts = {str(it["id"]): it.get("prompt") for it in (responses or {}).get("items", [])}
@@ -252,6 +261,8 @@ def comparison_page(ctx: ReadContext, a: str, b: str, prompt_set: str, trait: st
     Token deltas and clauses come for one trait (`trait`, else the one B moved most), or for every
     trait with `all_traits` (the static report): with hundreds of traits they are megabytes."""
     exp = ctx.experiment
+    _require(comparison_key(a, b, prompt_set), [comparison_key(c.a, c.b, c.prompt_set) for c in exp.spec.comparisons],
+             "comparison", exp.name)
     record = ctx.artifacts.read_optional(VariantDiff, comparison_key(a, b, prompt_set))
     page: dict[str, Any] = {"page": "comparison", "experiment": exp.name, "a": a, "b": b, "prompt_set": prompt_set}
     if record is None:
@@ -260,8 +271,6 @@ def comparison_page(ctx: ReadContext, a: str, b: str, prompt_set: str, trait: st
                for name, info in record["traits"].items() for row in info["layers"]]
     peaks = {name: {k: _finite(v) for k, v in info["peak"].items()} for name, info in record["traits"].items()}
     if trait is not None and trait not in peaks:
-        from traitflow.errors import TraitflowError
-
         raise TraitflowError(f"comparison {a} → {b} on {prompt_set} has no trait {trait!r}")
     chosen = trait or max(peaks, key=lambda t: abs(peaks[t].get("cohens_d") or 0.0), default=None)
     details = {name: {"top_clauses": info["top_clauses"][:50],
@@ -287,20 +296,26 @@ def benchmarks_page(ctx: ReadContext, benchmark: str | None = None, variant: str
     from traitflow.stages.capability import benchmark_keys
 
     exp = ctx.experiment
-    runs, items = [], {}
-    for key in benchmark_keys(exp):
+    keys = benchmark_keys(exp)
+    wanted = f"{benchmark}/{variant}" if benchmark or variant else None
+    if wanted is not None and wanted not in keys:
+        raise TraitflowError(f"experiment {exp.name} has no benchmark {wanted!r} (it has {', '.join(keys) or 'none'})")
+    runs, records = [], {}
+    for key in keys:
         record = ctx.artifacts.read_optional(Benchmark, key)
         if record is None:
             continue
+        records[key] = record
         name, _, var = key.partition("/")
         runs.append({"key": key, "benchmark": name, "variant": var, "n": record["n"], "source": record["source"],
-                     "chat_template": record["chat_template"],
+                     "kind": "ce" if name == "ce_loss" else "choice", "chat_template": record["chat_template"],
                      "conditions": [{"condition": c, **{k: _finite(row.get(k)) for k in ("accuracy", "ci95", "n", "ce", "kl")}}
                                     for c, row in record["conditions"].items()]})
-        if all_items or (benchmark, variant) == (name, var) or (benchmark is None and not items):
-            items[key] = record["predictions"]
-    return {"page": "benchmarks", "experiment": exp.name, "runs": runs, "items": items,
-            "chosen": f"{benchmark}/{variant}" if benchmark and variant else next(iter(items), None)}
+    # Item browsers are for multiple choice (ce_loss scores paragraphs, it has no items to pick).
+    choice = [r["key"] for r in runs if r["kind"] == "choice"]
+    chosen = wanted if wanted in choice else (choice[0] if choice else None)
+    items = {key: records[key]["predictions"] for key in choice if all_items or key == chosen}
+    return {"page": "benchmarks", "experiment": exp.name, "runs": runs, "items": items, "chosen": chosen}
 
 
 # --------------------------------------------------------------------------- Live chat

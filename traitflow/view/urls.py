@@ -21,7 +21,7 @@ PAGES: dict[str, tuple[str, ...]] = {
     "steering": ("trait", "variant", "run"),
     "dynamics": ("prompt_set", "variant", "prompt", "trait"),
     "comparison": ("a", "b", "prompt_set", "trait", "prompt"),
-    "benchmarks": ("benchmark", "variant", "condition"),
+    "benchmarks": ("benchmark", "variant"),
     "chat": ("variant",),
 }
 

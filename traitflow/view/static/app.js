@@ -97,9 +97,12 @@
   }
   function current() {
     if (!REPORT) return { path: location.pathname, params: new URLSearchParams(location.search) };
-    const hash = decodeURIComponent(location.hash.slice(1)) || payload.start;
-    const [path, query] = hash.split("?");
-    return { path, params: new URLSearchParams(query || "") };
+    const hash = location.hash.slice(1) || payload.start;
+    const cut = hash.indexOf("?");
+    const path = cut < 0 ? hash : hash.slice(0, cut);
+    let decoded = path;
+    try { decoded = decodeURIComponent(path); } catch (e) { /* a malformed escape: use it as it is */ }
+    return { path: decoded, params: new URLSearchParams(cut < 0 ? "" : hash.slice(cut + 1)) };
   }
   // The report holds one data blob per page, keyed by its route; selection parameters are ignored.
   function reportPage(path, params) {
@@ -338,7 +341,8 @@
       encoding: { x: { field: "i", type: "quantitative", title: "token #" }, y: { field: "norm", type: "quantitative", title: "‖h‖" },
         color: { field: "layer", type: "nominal" }, tooltip: ["token", "layer", { field: "norm", format: ".1f" }] } }))));
     out.push(section("Other variants", d.variants.filter((v) => v !== d.variant).map((v) =>
-      h("a", { class: "pill", href: `/${encodeURIComponent(d.experiment)}/dynamics?prompt_set=${d.prompt_set}&variant=${v}&prompt=${item.id}` }, v))));
+      h("a", { class: "pill", href: `/${encodeURIComponent(d.experiment)}/dynamics?` +
+        new URLSearchParams({ prompt_set: d.prompt_set, variant: v, prompt: item.id }).toString().replace(/%2F/g, "/") }, v))));
     return out;
   }
 
@@ -397,11 +401,11 @@
         { mark: { type: "point", filled: true, size: 70 }, encoding: { y: { field: "condition", type: "nominal", sort: null },
           x: { field: "accuracy", type: "quantitative" }, tooltip: ["condition", { field: "accuracy", format: ".3f" }] } }] }) : null)));
     }
-    const withItems = d.runs.filter((r) => r.conditions.some((c) => c.accuracy != null));
-    if (!withItems.length) return out;
-    const wanted = params.get("benchmark") && params.get("variant") ? `${params.get("benchmark")}/${params.get("variant")}` : d.chosen;
-    const key = d.items[wanted] ? wanted : Object.keys(d.items).find((k) => withItems.some((r) => r.key === k));
-    if (!key) return out;
+    // Items are multiple choice only (ce_loss scores paragraphs); the viewer sends the chosen run's.
+    const withItems = d.runs.filter((r) => r.kind === "choice");
+    const wanted = `${params.get("benchmark")}/${params.get("variant")}`;
+    const key = withItems.some((r) => r.key === wanted) && d.items[wanted] ? wanted : d.chosen;
+    if (!key || !d.items[key]) return out;
     const names = withItems.find((r) => r.key === key).conditions.map((c) => c.condition);
     const changedOnly = params.get("changed") === "1";
     const items = d.items[key].filter((p) => !changedOnly || new Set(Object.values(p.pred)).size > 1);
