@@ -8,12 +8,12 @@
 - :func:`bootstrap_ci` / :func:`summarize`: accuracy with a percentile-bootstrap 95% interval.
 
 **Tokens.** A context is tokenised once, as the model sees a text (``tokenizer(context)``, so
-with its BOS when it has one), and each choice separately without special tokens
-(``tokenizer(choice, add_special_tokens=False)``; choices carry their leading space, ``" Paris"``);
-the scored sequence is ``context_ids + choice_ids``. The choice tokens are thus exactly the
-continuation, whatever the tokenizer would merge across the boundary. (A SentencePiece tokenizer
-that adds a dummy prefix space to every text would see ``"▁▁Paris"``-like choices; byte-level BPE
-tokenizers, the common case, do not.)
+with its BOS when it has one). A choice's tokens are, as in lm-evaluation-harness, the tokens of
+``context + choice`` past the context's own (choices carry their leading space, ``" Paris"``), so a
+SentencePiece tokenizer's dummy-prefix piece does not end up in every choice; when the joint text
+does not start with the context's tokens (a merge across the boundary), the choice is tokenised
+alone (``add_special_tokens=False``). The scored sequence is ``context_ids + choice_ids``. A
+chat-templated item (``context_ids`` given) tokenises its choices alone: they begin the reply.
 
 **Shared context (KV cache).** Per batch of items, the left-padded contexts are pre-filled once
 (``use_cache=True``, position ids counting real tokens as
@@ -236,6 +236,14 @@ def _tokenize_items(loaded: Any, items: Sequence[Any]) -> list[_Tokens]:
         if not 0 <= item.label < len(item.choices):
             raise TraitflowError(f"item {item.id!r}: label {item.label} is out of range for {len(item.choices)} choices")
         choice_ids = tokenizer(list(item.choices), add_special_tokens=False)["input_ids"]
+        if item.context_ids is None:
+            # As the harness does: a choice's tokens are what context + choice tokenise to past the
+            # context's own tokens (a SentencePiece tokenizer would otherwise give each choice its
+            # stray dummy-prefix piece); a tokenizer that merges across the boundary keeps the
+            # choice's own tokens.
+            joint = tokenizer([item.context + c for c in item.choices])["input_ids"]
+            choice_ids = [list(whole[len(ctx):]) if list(whole[: len(ctx)]) == ctx and len(whole) > len(ctx) else alone
+                          for whole, alone in zip(joint, choice_ids, strict=True)]
         choices = []
         for j, ids in enumerate(choice_ids):
             if not ids:
