@@ -289,3 +289,14 @@ def test_only_the_viewers_own_pages_reach_it(viewer):
     huge = json.dumps({"variant": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 10**9}).encode()
     status, event = call("/api/demo/chat", huge, **{"Content-Type": "application/json", "Origin": viewer})
     assert status == 200 and event == {"error": "max_new_tokens must be a whole number from 1 to 1024"}
+
+
+def test_a_report_that_cannot_be_written_is_one_line(toy_demo, tmp_path, capsys):
+    from traitflow.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["report", "demo", "--root", str(toy_demo["root"]), "--html", str(blocker / "report.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --html {blocker / 'report.html'}: cannot write it") and "\n" not in err
+    assert not (tmp_path / "a-file.part").exists() and blocker.read_text() == "not a folder"

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from traitflow.monitor.projections import SavedActivations
 
 __all__ = [
-    "ARTIFACTS", "SCHEMA_VERSION", "Activations", "Artifact", "Artifacts", "Benchmark", "BestVector", "Calibration", "CmaEs",
+    "ARTIFACTS", "SCHEMA_VERSION", "Activations", "Artifact", "Artifacts", "Benchmark", "BestVector", "TensorArtifact", "Calibration", "CmaEs",
     "ExtractionEval", "InferenceActivations", "InferenceResponses", "JsonArtifact", "LogitLens", "Projections", "ReplayedResponses", "Responses",
     "Steering", "Summary", "responses_artifact",
     "VariantDiff", "Vectors", "Vetting", "check_schema_version",
@@ -157,6 +157,24 @@ class Artifact(Generic[T]):
     @classmethod
     def save(cls, store: ArtifactStore, path: Path, value: T) -> None:
         raise NotImplementedError
+
+
+class TensorArtifact(Artifact[T]):
+    """A safetensors artifact whose value class reads itself from tensors and metadata
+    (``from_tensors``) and writes itself back (``to_tensors``); ``value_type`` imports it (torch)
+    only when the artifact is read or written."""
+
+    @classmethod
+    def value_type(cls) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, store: ArtifactStore, path: Path) -> T:
+        return cls.value_type().from_tensors(*store.read_tensors(path))
+
+    @classmethod
+    def save(cls, store: ArtifactStore, path: Path, value: T) -> None:
+        store.write_tensors(path, *value.to_tensors())  # type: ignore[attr-defined]
 
 
 class JsonArtifact(Artifact[T]):
@@ -358,36 +376,28 @@ class Vetting(JsonArtifact[VettingRecord]):
     schema = VettingRecord
 
 
-class Activations(Artifact["ActivationSet"]):
+class Activations(TensorArtifact["ActivationSet"]):
     """Pooled activations per position window (safetensors). Partition: trait × extraction variant."""
 
     asset = "activations"
 
     @classmethod
-    def load(cls, store: ArtifactStore, path: Path) -> "ActivationSet":
+    def value_type(cls) -> "type[ActivationSet]":
         from traitflow.extract.capture import ActivationSet
 
-        return ActivationSet.from_tensors(*store.read_tensors(path))
-
-    @classmethod
-    def save(cls, store: ArtifactStore, path: Path, value: "ActivationSet") -> None:
-        store.write_tensors(path, *value.to_tensors())
+        return ActivationSet
 
 
-class Vectors(Artifact["VectorSet"]):
+class Vectors(TensorArtifact["VectorSet"]):
     """Unit trait vectors per position × component × method × layer (safetensors). Partition: trait × extraction variant."""
 
     asset = "vectors"
 
     @classmethod
-    def load(cls, store: ArtifactStore, path: Path) -> "VectorSet":
+    def value_type(cls) -> "type[VectorSet]":
         from traitflow.extract.vectors import VectorSet
 
-        return VectorSet.from_tensors(*store.read_tensors(path))
-
-    @classmethod
-    def save(cls, store: ArtifactStore, path: Path, value: "VectorSet") -> None:
-        store.write_tensors(path, *value.to_tensors())
+        return VectorSet
 
 
 class ExtractionEval(JsonArtifact[ExtractionEvalRecord]):
@@ -498,7 +508,7 @@ class ReplayedResponses(JsonArtifact[InferenceResponsesRecord]):
     schema = InferenceResponsesRecord
 
 
-class InferenceActivations(Artifact["SavedActivations"]):
+class InferenceActivations(TensorArtifact["SavedActivations"]):
     """Every response token's residual activations at `inference.save_layers`, float16 (safetensors):
     `layer/<L>` `[total tokens, hidden]` and `offsets` `[n_items + 1]`. Partition: prompt set × variant.
 
@@ -509,14 +519,10 @@ class InferenceActivations(Artifact["SavedActivations"]):
     asset = "inference_activations"
 
     @classmethod
-    def load(cls, store: ArtifactStore, path: Path) -> "SavedActivations":
+    def value_type(cls) -> "type[SavedActivations]":
         from traitflow.monitor.projections import SavedActivations
 
-        return SavedActivations.from_tensors(*store.read_tensors(path))
-
-    @classmethod
-    def save(cls, store: ArtifactStore, path: Path, value: "SavedActivations") -> None:
-        store.write_tensors(path, *value.to_tensors())
+        return SavedActivations
 
     @classmethod
     def _local(cls, store: ArtifactStore, experiment: str, *key: str) -> Path | None:

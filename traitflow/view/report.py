@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from traitflow.artifacts import Projections, Steering, VariantDiff
+from traitflow.errors import TraitflowError
 from traitflow.stages.comparison import comparison_key
 from traitflow.stages.context import ReadContext
 from traitflow.stages.which_vector import steering_variants
@@ -51,5 +52,8 @@ def write_html_report(ctx: ReadContext, out: Path) -> Path:
     out = Path(out)
     if out.is_dir():
         out = out / f"{ctx.experiment.name}-report.html"
-    atomic_write_text(out, html)
+    try:
+        atomic_write_text(out, html)
+    except OSError as exc:  # a folder that cannot be made or written: the user's to fix, in one line
+        raise TraitflowError(f"--html {out}: cannot write it ({exc.strerror or exc})") from None
     return out
