@@ -47,6 +47,11 @@ def test_toy_multiple_choice_known_answers(toy_demo):
     assert accuracy("steer toy/optimism -best", "topic") >= accuracy("baseline", "topic") - 0.2  # the topic is still known
     assert steered["accuracy"] < base["ci95"][0]
     assert abs(ablated["accuracy"] - base["accuracy"]) <= 0.1
+    # The tax, paired on the same items: the steer's excludes 0, the ablation's is small.
+    assert base["delta"] is None and base["delta_ci95"] is None
+    assert steered["delta"] == pytest.approx(steered["accuracy"] - base["accuracy"])
+    assert steered["delta_ci95"][0] <= steered["delta"] <= steered["delta_ci95"][1] < 0
+    assert abs(ablated["delta"]) <= 0.1 and ablated["delta_ci95"][1] - ablated["delta_ci95"][0] < base["ci95"][1] - base["ci95"][0]
     # Each item's stored prediction is the argmax of its stored log-probs.
     for p in rec["predictions"]:
         for condition, logprobs in p["logprobs"].items():
@@ -65,7 +70,9 @@ def test_report_json_has_the_benchmarks(toy_demo):
     benchmarks = toy_demo["report"]["benchmarks"]
     assert set(benchmarks) == {"arc_easy", "ce_loss"}
     row = benchmarks["arc_easy"]["chat"]["baseline"]
-    assert set(row) == {"accuracy", "ci95", "n", "ce", "kl"} and row["ce"] is None
+    assert set(row) == {"accuracy", "ci95", "delta", "delta_ci95", "n", "ce", "kl"} and row["ce"] is None
+    steered = benchmarks["arc_easy"]["chat"]["steer toy/optimism -best"]
+    assert steered["delta"] < 0 and len(steered["delta_ci95"]) == 2
     assert benchmarks["ce_loss"]["chat"]["ablate toy/refusal"]["accuracy"] is None
 
 

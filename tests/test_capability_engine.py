@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from traitflow.capability import ChoiceItem, batch_bytes, bootstrap_ci, load_items, load_texts, score_ce, score_choices, summarize
+from traitflow.capability import (
+    ChoiceItem,
+    batch_bytes,
+    bootstrap_ci,
+    load_items,
+    load_texts,
+    paired_delta,
+    score_ce,
+    score_choices,
+    summarize,
+)
 from traitflow.errors import TraitflowError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +250,53 @@ def test_batched_equals_one_at_a_time(which, tiny_loaded, toy):
     assert ablated > 1e-3
 
 
+# Packed (one row per item, a 4D mask) where the cache is all full-attention layers; gathered
+# (a cache row per choice) where a sliding-window layer keeps only its window (8 tokens here).
+LAYOUT = {"llama": True, "qwen2": True, "gemma2": False, "gemma3": False, "mistral": False, "phi3": True, "gpt2": True, "gpt_neox": True}
+
+
+@pytest.mark.parametrize("arch", list(LAYOUT))
+def test_every_architecture_scores_as_separate_forwards(arch, tiny_loaded):
+    from traitflow.capability.score import _packs_choices
+    from traitflow.steer.interventions import Ablate, Steer
+
+    loaded = tiny_loaded(arch)
+    assert _packs_choices(loaded) is LAYOUT[arch]
+    items = _synthetic(6, seed=5, n_choices=0)
+    v = _vector(loaded, seed=1)
+    configs = [(), (Steer(v, 1, 4.0, positions="all"),), (Ablate(v),)]
+    scored = score_choices(loaded, items, configs, batch_size=3)
+    for k, config in enumerate(configs):
+        for i in (0, 3, 5):
+            assert scored[k][i]["logprobs"] == pytest.approx(_reference(loaded, config, items[i]), abs=1e-4), (arch, k, i)
+
+
+def test_items_longer_than_the_context_lose_their_oldest_context_tokens(tiny_loaded):
+    import torch
+
+    loaded = tiny_loaded("llama")  # a 256-token context
+    rng = random.Random(9)
+    long_item = ChoiceItem("long", _sentence(rng, 400).capitalize(), (" hello there", " how are you today"), 1)
+    lines: list[str] = []
+    [[scored]] = score_choices(loaded, [long_item], [()], log=lines.append)
+    assert len(lines) == 1 and "1 item(s) longer than" in lines[0] and "256-token context" in lines[0]
+    ctx = loaded.tokenizer(long_item.context)["input_ids"]
+    choices = [loaded.tokenizer(c, add_special_tokens=False)["input_ids"] for c in long_item.choices]
+    assert len(ctx) > 256
+    kept = ctx[-(256 - max(map(len, choices))):]
+    expected = []
+    with torch.inference_mode():
+        for ids in choices:
+            lp = loaded.model(input_ids=torch.tensor([kept + ids])).logits[0].float().log_softmax(-1)
+            expected.append(sum(float(lp[len(kept) - 1 + t, tok]) for t, tok in enumerate(ids)) / len(ids))
+    assert scored["logprobs"] == pytest.approx(expected, abs=1e-4)
+
+    with pytest.raises(TraitflowError, match="leaves no room for the context"):
+        score_choices(loaded, [ChoiceItem("huge", "Hi", (" " + _sentence(rng, 300),), 0)], [()])
+    [ce] = score_ce(loaded, [_sentence(rng, 400)], [()], max_tokens=1000)
+    assert ce["tokens"] == 255 and math.isfinite(ce["ce"])
+
+
 def test_memory_budget_halves_the_batch(tiny_loaded):
     loaded = tiny_loaded("llama")
     items = _synthetic(24, seed=3)
@@ -294,6 +351,28 @@ def test_ce_and_kl(tiny_loaded, toy):
     assert batched[2]["kl"] > batched[1]["kl"] > 0.0
     for b, s in zip(batched, single, strict=True):
         assert b["ce"] == pytest.approx(s["ce"], abs=1e-5) and b["kl"] == pytest.approx(s["kl"], abs=1e-5)
+
+
+def test_paired_delta():
+    import numpy as np
+
+    rng = random.Random(4)
+    base = [rng.random() < 0.7 for _ in range(300)]
+    other = [b if rng.random() < 0.9 else not b for b in base]  # the same items, 10 % flipped
+    got = paired_delta(base, other)
+    assert got["delta"] == pytest.approx((sum(other) - sum(base)) / 300)
+    lo, hi = got["ci95"]
+    assert lo <= got["delta"] <= hi
+    # The index-resampling bootstrap gives the same interval (to its Monte Carlo error).
+    idx = np.random.default_rng(1).integers(0, 300, size=(4000, 300))
+    d = (np.array(other, dtype=float) - np.array(base, dtype=float))[idx].mean(1)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(d, [0.025, 0.975])), abs=0.01)
+    # Pairing: narrower than the difference of two independent accuracies (their widths in quadrature).
+    (a_lo, a_hi), (b_lo, b_hi) = bootstrap_ci(base), bootstrap_ci(other)
+    assert hi - lo < 0.75 * math.hypot(a_hi - a_lo, b_hi - b_lo)
+    assert paired_delta(base, base) == {"delta": 0.0, "ci95": [0.0, 0.0]}
+    with pytest.raises(TraitflowError, match="the same items"):
+        paired_delta(base, other[:-1])
 
 
 def test_bootstrap_ci():

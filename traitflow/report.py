@@ -81,7 +81,7 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
         record = arts.read_optional(Benchmark, key)
         if record is not None:
             benchmarks.setdefault(record["benchmark"], {})[record["variant"]] = {
-                condition: {k: row[k] for k in ("accuracy", "ci95", "n", "ce", "kl")}
+                condition: {k: row.get(k) for k in ("accuracy", "ci95", "delta", "delta_ci95", "n", "ce", "kl")}
                 for condition, row in record["conditions"].items()}
     return {"experiment": exp.name, "storage": ctx.store.uri, "traits": traits, "inference": inference,
             "comparisons": comparisons, "benchmarks": benchmarks}
@@ -145,8 +145,12 @@ def format_report(report: dict[str, Any]) -> str:
             for condition, row in conditions.items():
                 if name != "ce_loss":
                     low, high = row["ci95"] or (None, None)
+                    tax = ""
+                    if row.get("delta") is not None:
+                        d_low, d_high = row["delta_ci95"]
+                        tax = f"  vs baseline {row['delta']:+.3f} [{d_low:+.3f}, {d_high:+.3f}]"
                     lines.append(f"  {condition:40} accuracy {_num(row['accuracy'], '.3f')} [{_num(low, '.3f')}, "
-                                 f"{_num(high, '.3f')}]  n {row['n']}")
+                                 f"{_num(high, '.3f')}]{tax}  n {row['n']}")
                 else:
                     lines.append(f"  {condition:40} CE {_num(row['ce'], '.4f')}  KL {_num(row['kl'], '.4f')}  n {row['n']}")
     lines.append("")

@@ -55,7 +55,7 @@ def _require_some(loaded: list, source: str, what: str) -> None:
 def run_benchmark(ctx: StageContext, benchmark: str) -> StageOutput:
     from traitflow.capability.conditions import resolve_conditions
     from traitflow.capability.items import as_chat, load_items, load_texts
-    from traitflow.capability.score import score_ce, score_choices, summarize
+    from traitflow.capability.score import paired_delta, score_ce, score_choices, summarize
 
     exp = ctx.experiment
     name, _, variant = benchmark.partition("/")
@@ -76,8 +76,8 @@ def run_benchmark(ctx: StageContext, benchmark: str) -> StageOutput:
         by_name = {"baseline": scored[0], **{c.name: row for c, row in zip(steered, scored[1:], strict=True)}}
         for condition in conditions:
             row = by_name[condition.name]
-            results[condition.name] = {"accuracy": None, "ci95": None, "n": len(texts), "ce": row["ce"], "kl": row["kl"],
-                                       "tokens": row["tokens"], "detail": condition.detail}
+            results[condition.name] = {"accuracy": None, "ci95": None, "delta": None, "delta_ci95": None, "n": len(texts),
+                                       "ce": row["ce"], "kl": row["kl"], "tokens": row["tokens"], "detail": condition.detail}
         n = len(texts)
     else:
         items = load_items(name, spec.source, spec.limit, root)
@@ -86,9 +86,14 @@ def run_benchmark(ctx: StageContext, benchmark: str) -> StageOutput:
             items = as_chat(loaded, items)
         scored = score_choices(loaded, items, [c.config for c in conditions], batch_size=batch_size,
                                memory_budget_mb=budget, log=ctx.log)
+        correct = {c.name: [r["correct"] for r in rows] for c, rows in zip(conditions, scored, strict=True)}
         for condition, rows in zip(conditions, scored, strict=True):
             summary = summarize(rows)
-            results[condition.name] = {**summary, "ce": None, "kl": None, "tokens": None, "detail": condition.detail}
+            # The tax: the accuracy change from the unsteered model on the same items, paired.
+            delta = (paired_delta(correct["baseline"], correct[condition.name])
+                     if condition.config and "baseline" in correct else {"delta": None, "ci95": None})
+            results[condition.name] = {**summary, "delta": delta["delta"], "delta_ci95": delta["ci95"], "ce": None, "kl": None,
+                                       "tokens": None, "detail": condition.detail}
         for i, item in enumerate(items):
             predictions.append({"id": item.id, "label": item.label, "context": item.question or item.context,
                                 "choices": list(item.choices),
@@ -119,10 +124,12 @@ def _numbers(record: dict) -> dict[str, Any]:
 
 
 def _table(record: dict) -> Table:
-    columns = {"condition": "string", "accuracy": "float", "ci95_low": "float", "ci95_high": "float", "n": "int",
-               "ce": "float", "kl": "float"}
+    columns = {"condition": "string", "accuracy": "float", "ci95_low": "float", "ci95_high": "float",
+               "delta": "float", "delta_ci95_low": "float", "delta_ci95_high": "float", "n": "int", "ce": "float", "kl": "float"}
     rows = [{"condition": name, "accuracy": row["accuracy"], "ci95_low": (row["ci95"] or [None, None])[0],
-             "ci95_high": (row["ci95"] or [None, None])[1], "n": row["n"], "ce": row["ce"], "kl": row["kl"]}
+             "ci95_high": (row["ci95"] or [None, None])[1], "delta": row.get("delta"),
+             "delta_ci95_low": (row.get("delta_ci95") or [None, None])[0], "delta_ci95_high": (row.get("delta_ci95") or [None, None])[1],
+             "n": row["n"], "ce": row["ce"], "kl": row["kl"]}
             for name, row in record["conditions"].items()]
     return Table(columns, rows)
 

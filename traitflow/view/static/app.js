@@ -388,6 +388,8 @@
       const mc = run.conditions.some((c) => c.accuracy != null);
       const cols = mc ? [{ key: "condition", label: "condition" }, { key: "accuracy", label: "accuracy", numeric: true, format: (x) => num(x, 3) },
         { key: "ci95", label: "95 % interval", render: (r) => r.ci95 ? `[${num(r.ci95[0], 3)}, ${num(r.ci95[1], 3)}]` : "—" },
+        { key: "delta", label: "vs baseline", numeric: true, render: (r) => r.delta == null ? "—"
+          : `${signed(r.delta, 3)} [${signed(r.delta_ci95[0], 3)}, ${signed(r.delta_ci95[1], 3)}]` },
         { key: "n", label: "items", numeric: true }]
         : [{ key: "condition", label: "condition" }, { key: "ce", label: "CE (nats/token)", numeric: true, format: (x) => num(x, 4) },
           { key: "kl", label: "KL from unsteered", numeric: true, format: (x) => num(x, 4) }, { key: "n", label: "paragraphs", numeric: true }];
