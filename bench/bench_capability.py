@@ -10,7 +10,7 @@ choices of ~``CHOICE_TOKENS`` tokens, random labels. Timed interleaved (median o
 rounds, 2 on cpu and 7 on cuda, after a warm-up on a few items; same torch thread count for all):
 
 - ``shared``: :func:`traitflow.capability.score_choices` with ``batch_size=BATCH`` (one prefill
-  per batch of contexts, then every choice of the batch in one forward on the gathered cache);
+  per batch of contexts, then every choice of the batch in one forward on that cache);
 - ``one_item_at_a_time``: how a per-benchmark script scores (the reference toolkit's
   ``score_completions`` loop): item after item, each context+choice its own forward pass of one
   sequence, full logits, log-softmax over the choice's positions;
@@ -118,14 +118,14 @@ def _one_item_at_a_time(loaded: Any, items: list) -> list[list[float]]:
     forward pass, as a per-benchmark script does it."""
     import torch
 
-    tok = loaded.tokenizer
+    from traitflow.capability.score import _tokenize_items
+
     out: list[list[float]] = []
     with torch.inference_mode():
-        for item in items:
-            ctx = tok(item.context)["input_ids"]
+        for toks in _tokenize_items(loaded, items):
+            ctx = toks.context
             scores = []
-            for choice in item.choices:
-                ids = tok(choice, add_special_tokens=False)["input_ids"]
+            for ids in toks.choices:
                 full = torch.tensor([ctx + ids], device=loaded.device)
                 logits = loaded.model(input_ids=full, use_cache=False).logits[0]
                 lp = logits[len(ctx) - 1 : -1].float().log_softmax(-1)
@@ -138,14 +138,10 @@ def _batched_unshared(loaded: Any, items: list) -> list[list[float]]:
     """Mean log-prob of every choice, each context+choice its own sequence (no cache sharing)."""
     import torch
 
+    from traitflow.capability.score import _tokenize_items
     from traitflow.model.hooks import left_pad_batch
 
-    tok = loaded.tokenizer
-    rows = []
-    for item in items:
-        ctx = tok(item.context)["input_ids"]
-        for choice in item.choices:
-            rows.append((ctx, tok(choice, add_special_tokens=False)["input_ids"]))
+    rows = [(toks.context, ids) for toks in _tokenize_items(loaded, items) for ids in toks.choices]
     scores: list[float] = []
     step = BATCH * N_CHOICES
     with torch.inference_mode():

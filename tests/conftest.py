@@ -193,6 +193,7 @@ def build_tiny_lora(model_dir: Path, path: Path, seed: int = 0) -> Path:
         targets = ["qkv_proj"]
     else:
         targets = ["q_proj", "v_proj"]
+    torch.manual_seed(seed + 99)  # lora_A's initialisation draws from the global generator: the same adapter whatever ran before
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
     torch.manual_seed(seed + 100)
     with torch.no_grad():

@@ -255,13 +255,47 @@ def test_batched_equals_one_at_a_time(which, tiny_loaded, toy):
 LAYOUT = {"llama": True, "qwen2": True, "gemma2": False, "gemma3": False, "mistral": False, "phi3": True, "gpt2": True, "gpt_neox": True}
 
 
-@pytest.mark.parametrize("arch", list(LAYOUT))
-def test_every_architecture_scores_as_separate_forwards(arch, tiny_loaded):
+# More model types, built here on the tiny Llama's tokenizer: packed where the mask is taken as
+# given; gathered for GPT-Neo (its local layers window by key column) and Bloom (ALiBi from a 2D mask).
+EXTRA_LAYOUT = {"qwen3": True, "gemma": True, "mistral_no_window": True, "gpt_neo": False, "bloom": False}
+
+
+def _extra_model(kind: str, tokenizer_dir: Path, path: Path):
+    import torch
+    import transformers as tf
+    from transformers import AutoTokenizer
+
+    from traitflow.model.loading import load_model
+    from traitflow.specs.models import ModelSpec
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    llama_like = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, initializer_range=0.2)
+    config, cls = {
+        "qwen3": lambda: (tf.Qwen3Config(**common, **llama_like, head_dim=16), tf.Qwen3ForCausalLM),
+        "gemma": lambda: (tf.GemmaConfig(**common, **llama_like, head_dim=16), tf.GemmaForCausalLM),
+        "mistral_no_window": lambda: (tf.MistralConfig(**common, **llama_like, sliding_window=None), tf.MistralForCausalLM),
+        "gpt_neo": lambda: (tf.GPTNeoConfig(**common, hidden_size=64, num_layers=2, num_heads=4, window_size=4,
+                                            attention_types=[[["global", "local"], 1]], max_position_embeddings=256), tf.GPTNeoForCausalLM),
+        "bloom": lambda: (tf.BloomConfig(**common, hidden_size=64, n_layer=2, n_head=4), tf.BloomForCausalLM),
+    }[kind]()
+    torch.manual_seed(3)
+    cls(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_model(ModelSpec(name=kind, model=str(path), device="cpu", dtype="float32"), path.parent)
+
+
+@pytest.mark.parametrize("arch", list(LAYOUT) + list(EXTRA_LAYOUT))
+def test_every_architecture_scores_as_separate_forwards(arch, tiny_loaded, tiny_model_dir, tmp_path):
     from traitflow.capability.score import _packs_choices
     from traitflow.steer.interventions import Ablate, Steer
 
-    loaded = tiny_loaded(arch)
-    assert _packs_choices(loaded) is LAYOUT[arch]
+    if arch in EXTRA_LAYOUT:
+        loaded = _extra_model(arch, tiny_model_dir("llama"), tmp_path / arch)
+    else:
+        loaded = tiny_loaded(arch)
+    assert _packs_choices(loaded) is {**LAYOUT, **EXTRA_LAYOUT}[arch]
     items = _synthetic(6, seed=5, n_choices=0)
     v = _vector(loaded, seed=1)
     configs = [(), (Steer(v, 1, 4.0, positions="all"),), (Ablate(v),)]
@@ -283,7 +317,9 @@ def test_items_longer_than_the_context_lose_their_oldest_context_tokens(tiny_loa
     ctx = loaded.tokenizer(long_item.context)["input_ids"]
     choices = [loaded.tokenizer(c, add_special_tokens=False)["input_ids"] for c in long_item.choices]
     assert len(ctx) > 256
-    kept = ctx[-(256 - max(map(len, choices))):]
+    head = ctx[:1] if ctx[0] in loaded.tokenizer.all_special_ids else []
+    kept = head + ctx[len(ctx) - (256 - max(map(len, choices)) + 1 - len(head)) :]
+    assert len(kept) + max(map(len, choices)) - 1 == 256  # exactly the model's context, the last choice token unread
     expected = []
     with torch.inference_mode():
         for ids in choices:

@@ -351,7 +351,7 @@ class BenchmarkRecord(TypedDict):
     source: str
     chat_template: bool
     n: int
-    conditions: dict[str, dict[str, Any]]  # name -> {accuracy, ci95, n, ce, kl, tokens, detail}
+    conditions: dict[str, dict[str, Any]]  # name -> {accuracy, ci95, delta, delta_ci95, n, ce, kl, tokens, detail}
     predictions: list[dict[str, Any]]  # per item: {id, label, pred: {condition: index}, logprobs: {condition: [...]}}
 
 

@@ -15,8 +15,8 @@ does not start with the context's tokens (a merge across the boundary), the choi
 alone (``add_special_tokens=False``). The scored sequence is ``context_ids + choice_ids``. A
 chat-templated item (``context_ids`` given) tokenises its choices alone: they begin the reply.
 An item longer than the model's context (:func:`~traitflow.model.generate.context_length`) keeps
-its choices whole and loses the context's oldest tokens, as the harness does (one log line says
-how many items were cut).
+its choices whole and loses the context's oldest tokens after a leading BOS, enough for its
+longest choice (the harness cuts per choice; one log line says how many items were cut).
 
 **Shared context (KV cache).** Per batch of items, the left-padded contexts are pre-filled once
 (``use_cache=True``, position ids counting real tokens as
@@ -32,8 +32,10 @@ then run in ONE forward on that cache, in one of two layouts:
   choices' lengths add up to short of the batch's longest row (a 60-token context with four
   12-token choices costs 60 + 4·11 token positions instead of 4·72).
 - *gathered*, for models where one mask cannot describe the attention: a sliding-window or other
-  non-full cache layer (it keeps only its window, so its keys do not line up with the mask) or an
-  attention implementation that takes no arbitrary mask (flash attention). The cache is gathered
+  non-full cache layer (it keeps only its window, so its keys do not line up with the mask), an
+  attention implementation that takes no arbitrary mask (flash attention), or a model type not
+  known to take a custom mask as given (``PACKED_MODEL_TYPES``; GPT-Neo's local attention and
+  ALiBi models read the key's column). The cache is gathered
   to one row per (item, choice) (``DynamicCache.batch_select_indices``), and the choices run
   right-padded, one row each, attention mask ``context mask ++ choice mask``.
 
@@ -242,6 +244,7 @@ def _tokenize_items(loaded: Any, items: Sequence[Any], log: Callable[[str], Any]
 
     tokenizer = loaded.tokenizer
     limit = context_length(loaded)
+    special = set(tokenizer.all_special_ids)
     cut = 0
     contexts = tokenizer([it.context for it in items])["input_ids"] if items else []
     out = []
@@ -267,13 +270,17 @@ def _tokenize_items(loaded: Any, items: Sequence[Any], log: Callable[[str], Any]
             if not ids:
                 raise TraitflowError(f"item {item.id!r}: choice {j} ({item.choices[j]!r}) has no tokens")
             choices.append([int(t) for t in ids])
-        if limit is not None and len(ctx) + max(map(len, choices)) > limit:
-            # As the harness does: the context loses its oldest tokens; the choices stay whole.
-            keep = limit - max(map(len, choices))
+        longest = max(map(len, choices))
+        # The model reads the context and every choice token but the last; when that is longer than
+        # its context, the context loses its oldest tokens (a leading BOS stays) and the choices
+        # stay whole.
+        if limit is not None and len(ctx) + longest - 1 > limit:
+            head = ctx[:1] if ctx[0] in special else []
+            keep = limit - longest + 1 - len(head)
             if keep < 1:
-                raise TraitflowError(f"item {item.id!r}: a choice of {max(map(len, choices))} tokens leaves no room for the "
+                raise TraitflowError(f"item {item.id!r}: a choice of {longest} tokens leaves no room for the "
                                      f"context in model {loaded.spec.name}'s {limit}-token context")
-            ctx = ctx[-keep:]
+            ctx = head + ctx[len(ctx) - keep :]
             cut += 1
         out.append(_Tokens(ctx, choices))
     if cut:
@@ -348,16 +355,27 @@ def score_choices(
     return results
 
 
+# Model types whose attention takes a custom 4D mask as given, with positions from position ids
+# alone (checked against separate forwards in tests/test_capability_engine.py). Others (GPT-Neo's
+# local layers, ALiBi models such as Bloom and Falcon, which build their bias from a 2D mask and
+# the key's column) take the gathered layout.
+PACKED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "gemma3_text",
+                                "gpt2", "gpt_neox"})
+
+
 def _packs_choices(loaded: Any) -> bool:
-    """Whether a batch's choices can run *packed* (module docstring): the attention takes an
-    additive 4D mask (eager or sdpa) and every layer of the model's cache is a full-attention
-    layer (a sliding-window layer keeps only its window, so its keys would not line up with one
-    mask)."""
+    """Whether a batch's choices can run *packed* (module docstring): a model type known to take a
+    custom 4D mask (``PACKED_MODEL_TYPES``), attention that takes an additive mask (eager or
+    sdpa), and a cache of full-attention layers only (a sliding-window layer keeps only its
+    window, so its keys would not line up with one mask)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     config = loaded.model.config
-    if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if getattr(text, "model_type", None) not in PACKED_MODEL_TYPES:
+        return False
+    if getattr(text, "_attn_implementation", None) not in ("eager", "sdpa"):
         return False
     try:
         layers = DynamicCache(config=config).layers
@@ -445,8 +463,7 @@ def _packed_rest(loaded: Any, cfgs: list, toks: list[_Tokens], batch: Any, ctx_l
     sees_choices = (own_choice & causal) | torch.eye(width, dtype=torch.bool)
     sees_context = batch.attention_mask.bool().cpu()[:, None, :] & real[:, :, None]
     allowed = torch.cat([sees_context, sees_choices], dim=2)[:, None]  # [B, 1, W, context + W]
-    dtype = loaded.model.get_input_embeddings().weight.dtype
-    dtype = dtype if dtype.is_floating_point else torch.float32
+    dtype = loaded.dtype if getattr(loaded.dtype, "is_floating_point", False) else torch.float32  # the activations' dtype
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     with intervene(loaded, cfgs, [0] * rows, ctx_lens) as state:
         state.seen = state.width  # past the context: every choice position is a response position

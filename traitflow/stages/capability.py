@@ -117,6 +117,8 @@ def _numbers(record: dict) -> dict[str, Any]:
     for condition, row in record["conditions"].items():
         if row["accuracy"] is not None:
             out[f"accuracy {condition}"] = row["accuracy"]
+        if row.get("delta") is not None:
+            out[f"delta {condition}"] = row["delta"]
         if row["ce"] is not None:
             out[f"ce {condition}"] = row["ce"]
             out[f"kl {condition}"] = row["kl"]
