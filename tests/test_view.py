@@ -7,13 +7,14 @@ with the network off.
 """
 
 import json
+import re
 import threading
 
 import pytest
 
 from tests.test_server import start_server, stop
 from tests.test_webserver import CHROMIUM, CHROMIUM_FLAGS, require_chromium
-from traitflow.artifacts import Projections, Steering
+from traitflow.artifacts import Benchmark, Projections, Steering
 from traitflow.specs.loader import load_project
 from traitflow.stages.context import ReadContext
 from traitflow.view import data
@@ -140,6 +141,23 @@ def test_the_response_browser_shows_the_stored_steered_answers(browser, viewer, 
         page.wait_for_url("**min_coherence=101*")
         assert rows.count() == 0
         assert page.errors == []
+    finally:
+        page.context.close()
+
+
+def test_the_benchmarks_table_shows_each_conditions_paired_change(browser, viewer, ctx):
+    stored = ctx.artifacts.read(Benchmark, "arc_easy/chat")["conditions"]
+    page = open_page(browser, viewer + page_path("demo", "benchmarks", benchmark="arc_easy", variant="chat"))
+    try:
+        table = page.locator("table.conditions").first
+        table.locator("tbody tr").first.wait_for()
+        heads = [h.inner_text().strip() for h in table.locator("thead th").all()]
+        column = heads.index("vs baseline")
+        cells = {r.locator("td").nth(0).inner_text(): r.locator("td").nth(column).inner_text() for r in table.locator("tbody tr").all()}
+        assert cells["baseline"] == "—"
+        row = stored["steer toy/optimism -best"]
+        shown = [float(x) for x in re.findall(r"[-+]\d\.\d{3}", cells["steer toy/optimism -best"])]
+        assert shown == pytest.approx([row["delta"], *row["delta_ci95"]], abs=6e-4)  # 3 decimals, as JS rounds them
     finally:
         page.context.close()
 

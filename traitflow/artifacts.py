@@ -355,6 +355,11 @@ class BenchmarkRecord(TypedDict):
     predictions: list[dict[str, Any]]  # per item: {id, label, pred: {condition: index}, logprobs: {condition: [...]}}
 
 
+# What a condition reports, wherever benchmarks are shown (report --json, the viewer): accuracy with its
+# 95 % interval and the paired change from the baseline for multiple choice; CE and KL for ce_loss.
+BENCHMARK_CONDITION_FIELDS = ("accuracy", "ci95", "delta", "delta_ci95", "n", "ce", "kl")
+
+
 class SummaryRecord(TypedDict):
     schema_version: NotRequired[int]
     experiment: str

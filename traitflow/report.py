@@ -3,6 +3,7 @@
 from typing import Any
 
 from traitflow.artifacts import (
+    BENCHMARK_CONDITION_FIELDS,
     Activations,
     Benchmark,
     BestVector,
@@ -81,7 +82,7 @@ def build_report(project: Project, experiment: str, storage_uri: str | None = No
         record = arts.read_optional(Benchmark, key)
         if record is not None:
             benchmarks.setdefault(record["benchmark"], {})[record["variant"]] = {
-                condition: {k: row.get(k) for k in ("accuracy", "ci95", "delta", "delta_ci95", "n", "ce", "kl")}
+                condition: {k: row.get(k) for k in BENCHMARK_CONDITION_FIELDS}
                 for condition, row in record["conditions"].items()}
     return {"experiment": exp.name, "storage": ctx.store.uri, "traits": traits, "inference": inference,
             "comparisons": comparisons, "benchmarks": benchmarks}

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from traitflow.artifacts import (
+    BENCHMARK_CONDITION_FIELDS,
     Benchmark,
     BestVector,
     Calibration,
@@ -309,7 +310,7 @@ def benchmarks_page(ctx: ReadContext, benchmark: str | None = None, variant: str
         name, _, var = key.partition("/")
         runs.append({"key": key, "benchmark": name, "variant": var, "n": record["n"], "source": record["source"],
                      "kind": "ce" if name == "ce_loss" else "choice", "chat_template": record["chat_template"],
-                     "conditions": [{"condition": c, **{k: _finite(row.get(k)) for k in ("accuracy", "ci95", "delta", "delta_ci95", "n", "ce", "kl")}}
+                     "conditions": [{"condition": c, **{k: _finite(row.get(k)) for k in BENCHMARK_CONDITION_FIELDS}}
                                     for c, row in record["conditions"].items()]})
     # Item browsers are for multiple choice (ce_loss scores paragraphs, it has no items to pick).
     choice = [r["key"] for r in runs if r["kind"] == "choice"]
